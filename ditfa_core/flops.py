@@ -1,0 +1,140 @@
+"""Attention FLOPs accounting per strategy, and the FLOPs fraction of a whole plan.
+
+The paper reports compression as attention FLOPs relative to the uncompressed model (Table 1),
+and the official counter got WA-RS wrong (it counts a zero-width window after a later fix, see
+reference/peers.md §4). Here every cost is derived from the pairs (query, key) a kernel really
+multiplies, so the number a plan advertises is the number the engine spends.
+
+Counting convention: QK^T and PV each cost one multiply-add (2 FLOPs) per (query, key) pair and
+head dimension, so one dense attention call costs 4 * B * H * N * N * D.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from .schedule import residual_needed
+from .strategies import Strategy
+
+
+class _Layout(Protocol):
+    n_tokens: int
+
+
+class PairCounted(Protocol):
+    """What the accounting needs of a window pattern (``windows.AttentionPattern`` has it)."""
+
+    layout: _Layout
+
+    def pair_count(self) -> int: ...
+
+
+def full_attention_flops(batch: int, heads: int, n_tokens: int, head_dim: int) -> int:
+    """FLOPs of one dense self-attention call over (B, H, N, D) tensors."""
+    return 4 * batch * heads * n_tokens * n_tokens * head_dim
+
+
+def window_attention_flops(batch: int, heads: int, pattern: PairCounted, head_dim: int) -> int:
+    """FLOPs of one windowed call: only the pairs each query really sees, border clipping included."""
+    return 4 * batch * heads * pattern.pair_count() * head_dim
+
+
+def pattern_pair_fraction(pattern: PairCounted) -> float:
+    """Share of the N x N (query, key) pairs a pattern admits: its cost relative to dense attention."""
+    n = pattern.layout.n_tokens
+    return pattern.pair_count() / (n * n)
+
+
+def strategy_cost(
+    strategy: Strategy,
+    pair_fraction: float,
+    cond_fraction: float = 0.5,
+    refresh_residual: bool = False,
+) -> float:
+    """Cost of one (step, layer) relative to a dense call of the same shape.
+
+    FULL is 1, plus ``pair_fraction`` when it also computes the window pass that yields the WA-RS
+    residual (``refresh_residual``; the window pass covers every row). AST reuses an output: 0.
+    WA_RS runs the window only. ASC computes the conditional rows only (``cond_fraction`` of the
+    batch, 1/2 for one cond + one uncond chunk); WA_RS_ASC runs the window on those rows.
+    """
+    if not 0.0 <= pair_fraction <= 1.0:
+        raise ValueError(f"pair_fraction must lie in [0, 1], got {pair_fraction}")
+    if not 0.0 < cond_fraction <= 1.0:
+        raise ValueError(f"cond_fraction must lie in (0, 1], got {cond_fraction}")
+    if strategy is Strategy.FULL:
+        return 1.0 + (pair_fraction if refresh_residual else 0.0)
+    if strategy is Strategy.AST:
+        return 0.0
+    if strategy is Strategy.WA_RS:
+        return pair_fraction
+    if strategy is Strategy.ASC:
+        return cond_fraction
+    if strategy is Strategy.WA_RS_ASC:
+        return cond_fraction * pair_fraction
+    raise ValueError(f"not a strategy: {strategy!r}")
+
+
+def call_flops(
+    strategy: Strategy,
+    batch: int,
+    heads: int,
+    n_tokens: int,
+    head_dim: int,
+    pattern: PairCounted,
+    cond_fraction: float = 0.5,
+    refresh_residual: bool = False,
+) -> float:
+    """FLOPs one attention call spends under ``strategy`` (see ``strategy_cost`` for the rules)."""
+    full = full_attention_flops(batch, heads, n_tokens, head_dim)
+    fraction = pattern.pair_count() / (n_tokens * n_tokens)
+    return full * strategy_cost(strategy, fraction, cond_fraction, refresh_residual)
+
+
+def residual_refreshes(column: Sequence[Strategy]) -> list[bool]:
+    """For each step of one layer's column: does this step compute the WA-RS residual?
+
+    The rule, which the engine follows (``schedule.Schedule.needs_residual``): at a FULL step s the
+    residual ``full - window`` is computed iff some later step s' uses WA_RS or WA_RS_ASC and no
+    FULL step lies strictly between s and s'. A FULL step followed by another FULL step (or by
+    nothing windowed) skips the window pass; the WA-RS steps always read the most recent FULL
+    step's residual. Non-FULL steps never compute it.
+    """
+    needed = residual_needed(column)
+    return [s is Strategy.FULL and n for s, n in zip(column, needed, strict=True)]
+
+
+def plan_flops_fraction(
+    grid: Sequence[Sequence[Strategy | Sequence[Strategy]]],
+    pattern_pair_fraction: float,
+    cond_fraction: float = 0.5,
+) -> float:
+    """Attention FLOPs of a steps x layers grid relative to an all-FULL run of the same grid.
+
+    Every (step, layer) of the uncompressed run costs the same dense call, so the fraction is the
+    mean of ``strategy_cost`` over the cells, with each FULL step's residual refresh decided by
+    ``residual_refreshes`` on its layer's column. A head-wise cell (a list of per-head strategies)
+    weighs each head 1/H; its heads form separate columns for the refresh rule, and a per-layer
+    cell in such a layer applies to every head.
+    """
+    if not grid or not grid[0]:
+        raise ValueError("a grid needs at least one step and one layer")
+    num_layers = len(grid[0])
+    if any(len(row) != num_layers for row in grid):
+        raise ValueError("every step of a grid must list the same number of layers")
+    total = 0.0
+    for layer in range(num_layers):
+        cells = [row[layer] for row in grid]
+        heads = max((len(c) for c in cells if not isinstance(c, Strategy)), default=1)
+        if any(not isinstance(c, Strategy) and len(c) != heads for c in cells):
+            raise ValueError(f"layer {layer}: head-wise cells of different lengths")
+        for head in range(heads):
+            column = [c if isinstance(c, Strategy) else c[head] for c in cells]
+            refresh = residual_refreshes(column)
+            costs = (
+                strategy_cost(s, pattern_pair_fraction, cond_fraction, r)
+                for s, r in zip(column, refresh, strict=True)
+            )
+            total += sum(costs) / heads
+    return total / (len(grid) * num_layers)

@@ -1,0 +1,197 @@
+"""Which DiT a ComfyUI model is, which of its attention calls DiTFastAttn may compress, and where the
+image tokens sit in each call.
+
+ComfyUI's DiTs report no block index and no token layout to the attention override, so the adapter
+recovers both per family from facts measured on ComfyUI 0.3.64 (the host memo): the block lists that run
+self/joint attention (a forward pre-hook on each block tags the call), and the order of text and image
+tokens in the joint sequence. A family whose layout was not verified is refused with a message naming
+it, never patched on a guess: a wrong layout would silently window the text tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..ditfa_core.windows import TokenLayout
+
+Grid = tuple[int, int, int]
+
+
+class UnsupportedModel(ValueError):
+    """The model is not a DiT this pack knows how to patch; the message names what it is."""
+
+
+# -- where the image span starts in a call of L tokens --------------------------------------------------
+# Each takes (n_tokens, n_image, n_text) and returns the image start, or None when the call does not fit.
+
+
+def _text_first(n: int, n_img: int, n_txt: int) -> int | None:
+    """[txt, img, refs...]: Flux, Chroma, Qwen-Image (reference latents follow the image)."""
+    return n_txt if n_txt + n_img <= n else None
+
+
+def _image_last(n: int, n_img: int, n_txt: int) -> int | None:
+    """[registers/txt/refs..., img]: SD3, AuraFlow, Wan (reference frames are prepended)."""
+    return n - n_img if n >= n_img else None
+
+
+def _image_first(n: int, n_img: int, n_txt: int) -> int | None:
+    """[img, txt]: HiDream, Mochi."""
+    return 0 if n >= n_img else None
+
+
+def _image_then_text(n: int, n_img: int, n_txt: int) -> int | None:
+    """[ref?, img, txt]: HunyuanVideo (the text follows the image)."""
+    start = n - n_txt - n_img
+    return start if start >= 0 else None
+
+
+def _image_only(n: int, n_img: int, n_txt: int) -> int | None:
+    """Self-attention over image tokens only: LTX-Video, Cosmos, PixArt."""
+    return 0 if n == n_img else None
+
+
+def _one(_block: torch.nn.Module) -> int:
+    return 1
+
+
+def _sd3_calls(block: torch.nn.Module) -> int:
+    """SD3.5's ``x_block_self_attn`` blocks run a second, image-only attention after the joint one."""
+    return 2 if getattr(getattr(block, "x_block", None), "x_block_self_attn", False) else 1
+
+
+def _patch(dm: torch.nn.Module) -> tuple[int, int, int]:
+    """The (t, h, w) patch size, from whichever attribute the family's network uses."""
+    if hasattr(dm, "patch_spatial"):  # Cosmos
+        return (int(dm.patch_temporal), int(dm.patch_spatial), int(dm.patch_spatial))
+    patchifier = getattr(dm, "patchifier", None)  # LTX-Video
+    p: Any = patchifier.patch_size if patchifier is not None else dm.patch_size
+    if isinstance(p, int):
+        return (1, p, p)
+    p = tuple(int(s) for s in p)
+    return p if len(p) == 3 else (1, *p)
+
+
+@dataclass(frozen=True)
+class Family:
+    """How to patch one DiT family.
+
+    ``block_lists``  paths under ``diffusion_model`` of the ModuleLists whose blocks run compressible
+                     attention, in execution order (text-only refiners are left out: they stay dense)
+    ``calls``        number of compressible (query length == key length) calls per block
+    ``image_start``  the image span's start in a call, from (tokens, image tokens, text tokens)
+    ``object_patch`` attention never reaches the override (PixArt): patch the blocks' ``attn.forward``
+    """
+
+    name: str
+    block_lists: tuple[str, ...]
+    image_start: Callable[[int, int, int], int | None]
+    calls: Callable[[torch.nn.Module], int] = _one
+    object_patch: bool = False
+
+    def blocks(self, dm: torch.nn.Module) -> list[tuple[str, int, torch.nn.Module]]:
+        """Every (list path, index, block) that runs compressible attention, in execution order."""
+        out = []
+        for path in self.block_lists:
+            blocks = dm
+            for part in path.split("."):
+                blocks = getattr(blocks, part)
+            out += [(path, i, block) for i, block in enumerate(blocks)]
+        return out
+
+    def layer_bases(self, dm: torch.nn.Module) -> tuple[list[tuple[torch.nn.Module, int, int]], int]:
+        """Per block (block, first layer index, calls), and the number of compressible layers (the
+        plan's columns)."""
+        out, n = [], 0
+        for _path, _i, block in self.blocks(dm):
+            calls = self.calls(block)
+            out.append((block, n, calls))
+            n += calls
+        return out, n
+
+    def grid(self, dm: torch.nn.Module, latent_shape: Sequence[int]) -> Grid:
+        """The image token grid (t, h, w) of a latent: each axis padded up to a whole patch, as every
+        family's ``pad_to_patch_size`` does."""
+        pt, ph, pw = _patch(dm)
+        if len(latent_shape) == 5:
+            t, h, w = latent_shape[2:]
+        elif len(latent_shape) == 4:
+            t, h, w = 1, *latent_shape[2:]
+        else:
+            raise UnsupportedModel(f"{self.name}: unexpected latent shape {tuple(latent_shape)}")
+        return (math.ceil(t / pt), math.ceil(h / ph), math.ceil(w / pw))
+
+    def layout(self, n_tokens: int, grid: Grid, n_text: int) -> TokenLayout | None:
+        """The token layout of a call of ``n_tokens``, or None when it does not match the family's
+        measured order (the caller then computes it densely rather than guessing)."""
+        start = self.image_start(n_tokens, math.prod(grid), n_text)
+        if start is None:
+            return None
+        return TokenLayout(n_tokens, start, grid)
+
+
+_FLUX = ("double_blocks", "single_blocks")
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("flux", _FLUX, _text_first),
+    Family("chroma", _FLUX, _text_first),
+    Family("sd3", ("joint_blocks",), _image_last, _sd3_calls),
+    Family("aura_flow", ("double_layers", "single_layers"), _image_last),
+    Family("qwen_image", ("transformer_blocks",), _text_first),
+    Family("hunyuan_video", _FLUX, _image_then_text),
+    Family("hidream", ("double_stream_blocks", "single_stream_blocks"), _image_first),
+    Family("mochi", ("blocks",), _image_first),
+    Family("wan", ("blocks",), _image_last),
+    Family("ltxv", ("transformer_blocks",), _image_only),
+    Family("cosmos_predict2", ("blocks",), _image_only),
+    Family("pixart", ("blocks",), _image_only, object_patch=True),
+)}
+
+# model_base class name -> family. Exact class names: a subclass (Wan VACE/S2V/Animate, Chroma Radiance,
+# HunyuanVideo I2V, HunyuanImage) adds token streams or attention paths that were not verified.
+_BY_CLASS: dict[str, str] = {
+    "Flux": "flux",
+    "Chroma": "chroma",
+    "SD3": "sd3",
+    "AuraFlow": "aura_flow",
+    "QwenImage": "qwen_image",
+    "HunyuanVideo": "hunyuan_video",
+    "HiDream": "hidream",
+    "GenmoMochi": "mochi",
+    "WAN21": "wan",
+    "WAN22": "wan",
+    "LTXV": "ltxv",
+    "CosmosPredict2": "cosmos_predict2",
+    "PixArt": "pixart",
+}
+
+_REFUSED: dict[str, str] = {
+    "Lumina2": "its joint and image attention calls carry masks, which DiTFastAttn leaves dense, and its "
+               "caption length varies per prompt; nothing would be compressed",
+    "ChromaRadiance": "its pixel-space patching was not verified",
+    "HunyuanDiT": "its attention never reaches ComfyUI's attention override",
+    "WAN22_S2V": "its blocks do not pass transformer_options to attention",
+    "WAN22_Animate": "its face-adapter attention path was not verified",
+    "WAN21_Vace": "its VACE blocks add attention calls that were not verified",
+    "CosmosVideo": "Cosmos 1's output layout was not verified (Cosmos Predict2 is supported)",
+}
+
+
+def detect(patcher: Any) -> Family:
+    """The family of a ModelPatcher's model; raises ``UnsupportedModel`` naming the model otherwise."""
+    model = patcher.model
+    cls = type(model).__name__
+    dm_cls = type(getattr(model, "diffusion_model", None)).__name__
+    name = _BY_CLASS.get(cls)
+    if name is not None:
+        return FAMILIES[name]
+    why = _REFUSED.get(cls, "it is not one of the supported Diffusion Transformers")
+    supported = ", ".join(sorted(FAMILIES))
+    raise UnsupportedModel(
+        f"DiTFastAttn does not support this model ({cls} / {dm_cls}): {why}. Supported families: {supported}."
+    )

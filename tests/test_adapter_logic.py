@@ -1,0 +1,123 @@
+"""Host-free tests of the adapter's pure logic: sigma -> step, CFG chunk roles, token layouts.
+
+The pack is imported as a package (as ComfyUI does), never as a top-level ``nodes``, which is ComfyUI's.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = "comfyui_ditfastattn"   # the name comfy_host.load_pack uses, so both test files share one copy
+
+
+def _pack() -> ModuleType:
+    if PACKAGE not in sys.modules:
+        spec = importlib.util.spec_from_file_location(PACKAGE, ROOT / "__init__.py",
+                                                      submodule_search_locations=[str(ROOT)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[PACKAGE] = module
+        spec.loader.exec_module(module)
+    return sys.modules[PACKAGE]
+
+
+def mod(name: str) -> ModuleType:
+    _pack()
+    return importlib.import_module(f"{PACKAGE}.{name}")
+
+
+steps = mod("nodes.steps")
+families = mod("nodes.families")
+Role = mod("ditfa_core.context").Role
+
+SIGMAS = [1.0, 0.75, 0.5, 0.25, 0.0]
+
+
+@pytest.mark.parametrize(("sigma", "step"), [
+    (1.0, 0), (0.75, 1), (0.5, 2), (0.25, 3),      # euler: the schedule's own sigmas
+    (0.9, 0), (0.6, 1), (0.3, 2), (0.1, 3),        # 2S / DPM-2 midpoints stay in their bracket
+    (1.2, 0),                                      # s_churn raises sigma above the first
+    (0.0, 3),                                      # the final sigma maps to the last row
+    (0.75 * (1 + 1e-7), 1),                        # float noise on a schedule sigma
+])
+def test_step_for_sigma(sigma: float, step: int) -> None:
+    assert steps.step_for_sigma(SIGMAS, sigma) == step
+
+
+def test_step_for_sigma_denoise_schedule() -> None:
+    """denoise < 1 hands the sampler the tail of a longer schedule: steps count from its start."""
+    tail = [0.7595, 0.5, 0.25, 0.0]
+    assert [steps.step_for_sigma(tail, s) for s in tail[:-1]] == [0, 1, 2]
+
+
+def test_chunk_roles_follow_positive_uuids() -> None:
+    chunks = steps.chunk_roles([1, 0], ["neg", "pos"], {"pos"})
+    assert [(c.key, c.role) for c in chunks] == [("neg", Role.UNCOND), ("pos", Role.COND)]
+
+
+def test_chunk_roles_dual_cfg_index_zero_is_negative() -> None:
+    """DualCFGGuider lists [negative, middle, positive]: index 0 must not be taken as conditional."""
+    chunks = steps.chunk_roles([0, 1, 2], ["neg", "mid", "pos"], {"pos"})
+    assert [c.role for c in chunks] == [Role.UNCOND, Role.UNCOND, Role.COND]
+
+
+def test_chunk_roles_without_guider_information() -> None:
+    chunks = steps.chunk_roles([1, 0], None, None)
+    assert [c.role for c in chunks] == [Role.UNCOND, Role.COND]
+    assert len({c.key for c in chunks}) == 2
+
+
+@pytest.mark.parametrize(("family", "n_tokens", "n_text", "start"), [
+    ("flux", 30, 6, 6),             # [txt, img]
+    ("flux", 54, 6, 6),             # [txt, img, kontext refs]
+    ("sd3", 31, 7, 7),              # [txt, img]
+    ("sd3", 24, 7, 0),              # SD3.5 x-self-attention: image only
+    ("aura_flow", 37, 5, 13),       # [8 registers + txt, img]
+    ("hunyuan_video", 29, 5, 0),    # [img, txt]
+    ("hidream", 36, 4, 0),          # [img, t5 + llama]
+    ("ltxv", 24, 5, 0),             # self-attention over the image
+])
+def test_layouts(family: str, n_tokens: int, n_text: int, start: int) -> None:
+    layout = families.FAMILIES[family].layout(n_tokens, (1, 4, 6), n_text)
+    assert layout is not None and layout.image_start == start and layout.grid == (1, 4, 6)
+
+
+@pytest.mark.parametrize(("family", "n_tokens"), [("ltxv", 30), ("flux", 20), ("hunyuan_video", 20)])
+def test_layout_that_does_not_fit_is_refused(family: str, n_tokens: int) -> None:
+    assert families.FAMILIES[family].layout(n_tokens, (1, 4, 6), 6) is None
+
+
+@pytest.mark.parametrize(("dm", "shape", "grid"), [
+    (SimpleNamespace(patch_size=2), (1, 16, 8, 12), (1, 4, 6)),
+    (SimpleNamespace(patch_size=2), (1, 16, 9, 13), (1, 5, 7)),             # padded up to whole patches
+    (SimpleNamespace(patch_size=(1, 2, 2)), (1, 16, 3, 8, 12), (3, 4, 6)),  # Wan
+    (SimpleNamespace(patch_size=2), (1, 16, 1, 8, 12), (1, 4, 6)),          # Qwen's 5-D latent
+    (SimpleNamespace(patch_spatial=2, patch_temporal=1), (1, 16, 2, 8, 12), (2, 4, 6)),  # Cosmos
+    (SimpleNamespace(patchifier=SimpleNamespace(patch_size=(1, 1, 1))), (1, 128, 2, 4, 6), (2, 4, 6)),
+])
+def test_grid(dm: object, shape: tuple[int, ...], grid: tuple[int, int, int]) -> None:
+    assert families.FAMILIES["flux"].grid(dm, shape) == grid
+
+
+def test_sd3_counts_the_extra_self_attention() -> None:
+    joint_blocks = torch.nn.ModuleList([torch.nn.Module(), torch.nn.Module()])
+    joint_blocks[0].x_block = SimpleNamespace(x_block_self_attn=True)
+    dm = SimpleNamespace(joint_blocks=joint_blocks)
+    blocks, n = families.FAMILIES["sd3"].layer_bases(dm)
+    assert n == 3 and [(base, calls) for _, base, calls in blocks] == [(0, 2), (2, 1)]
+
+
+def test_detect_refuses_unknown_models_by_name() -> None:
+    patcher = SimpleNamespace(model=type("Lumina2", (), {"diffusion_model": None})())
+    with pytest.raises(families.UnsupportedModel, match=r"Lumina2.*mask"):
+        families.detect(patcher)
+    patcher = SimpleNamespace(model=type("SDXL", (), {"diffusion_model": None})())
+    with pytest.raises(families.UnsupportedModel, match="SDXL"):
+        families.detect(patcher)

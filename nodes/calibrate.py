@@ -202,4 +202,6 @@ class DiTFastAttnCalibrate(io.ComfyNode):
         plan, out = calibrate(model, positive, negative, latent_image, seed=seed, steps=steps, cfg=cfg,
                               sampler_name=sampler_name, scheduler=scheduler, denoise=denoise, delta=delta,
                               window=WindowSpec(window, window_fraction), search=search)
-        return io.NodeOutput(plan, out)
+        # The plan's JSON goes to the front end too (web/ditfastattn.js draws it and can embed it in a
+        # Load Plan node, so that the saved workflow carries the plan).
+        return io.NodeOutput(plan, out, ui={"ditfa_plan": [plan.to_json()], "text": [plan.summary()]})

@@ -48,7 +48,9 @@ class DiTFastAttnLoadPlan(io.ComfyNode):
             plan = load_plan(plan_file)
         else:
             raise ValueError("DiTFastAttn Load Plan: choose a plan file or paste plan JSON")
-        return io.NodeOutput(plan, ui=ui.PreviewText(plan.summary()))
+        # ``ditfa_plan``: the plan's JSON for the front end's heatmap (web/ditfastattn.js), which also draws
+        # plans chosen by file name, whose JSON the browser does not otherwise see.
+        return io.NodeOutput(plan, ui={"text": [plan.summary()], "ditfa_plan": [plan.to_json()]})
 
 
 class DiTFastAttnSavePlan(io.ComfyNode):

@@ -75,7 +75,7 @@ class Schedule:
 
     @classmethod
     def from_rows(cls, rows: Sequence[Sequence[Strategy | str]]) -> Schedule:
-        return cls(tuple(tuple(Strategy.parse(s) if isinstance(s, str) else s for s in row) for row in rows))
+        return cls(tuple(tuple(Strategy.parse(s) for s in row) for row in rows))
 
     @classmethod
     def uniform(cls, strategy: Strategy, steps: int, layers: int) -> Schedule:

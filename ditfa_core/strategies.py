@@ -39,8 +39,10 @@ class Strategy(str, enum.Enum):
         return self is not Strategy.AST
 
     @classmethod
-    def parse(cls, name: str) -> Strategy:
+    def parse(cls, name: str | Strategy) -> Strategy:
         """The strategy named ``name`` (case-insensitive, '-', '+' and '_' interchangeable)."""
+        if isinstance(name, Strategy):   # a str subclass whose str() is "Strategy.X" on Python 3.11
+            return name
         key = str(name).strip().upper().replace("-", "_").replace("+", "_")
         try:
             return cls(key)

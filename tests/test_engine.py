@@ -215,3 +215,7 @@ def test_schedule_needs():
     assert [r[0] for r in sch.needs_residual] == [True, False, False, True, True, False, False]
     assert [r[0] for r in sch.needs_output] == [True, True, False, False, False, False, False]
     assert sch.strategy(99, 0) is S.FULL
+
+
+def test_schedule_from_rows_takes_names_and_members():
+    assert Schedule.from_rows([[S.FULL, "wa-rs"]]).grid == ((S.FULL, S.WA_RS),)

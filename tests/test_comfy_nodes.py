@@ -338,3 +338,38 @@ def test_tolerates_forwards_skipped_by_easycache(pack: ModuleType, engines: list
     out = run(cached, tiny, steps=6)
     assert torch.isfinite(out).all()
     assert 0 < engines[-1].stats.calls < 6 * 4, "EasyCache should have skipped some forwards"
+
+
+def test_cancel_mid_run_then_run_again(pack: ModuleType, engines: list[Any]) -> None:
+    """ComfyUI's cancel button raises inside the sampler: the run's state and block hooks must go
+    with it, and the next run must equal a fresh one."""
+    import comfy.model_management
+
+    tiny = make_model("flux")
+    patched = apply(pack, tiny, COMPRESSED)
+
+    def cancel(step: int, *_: Any) -> None:
+        if step == 1:
+            raise comfy.model_management.InterruptProcessingException()
+
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        run(patched, tiny, callback=cancel)
+    blocks = tiny.patcher.model.diffusion_model.modules()
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in blocks), "hooks must be removed"
+    again = run(patched, tiny)
+    assert torch.equal(again, run(apply(pack, tiny, COMPRESSED), tiny))
+    assert all(not e.state.nbytes for e in engines)
+
+
+def test_skip_layer_guidance_extra_forwards(pack: ModuleType, engines: list[Any]) -> None:
+    """Core SLG adds a conditional-only forward with skipped blocks at some steps: tolerated."""
+    from comfy_extras.nodes_slg import SkipLayerGuidanceDiT
+
+    tiny = make_model("flux")
+    patched = apply(pack, tiny, COMPRESSED)
+    slg = SkipLayerGuidanceDiT.execute(patched, scale=3.0, start_percent=0.0, end_percent=1.0,
+                                       double_layers="0", single_layers="0").result[0]
+    out = run(slg, tiny)
+    assert torch.isfinite(out).all()
+    assert not torch.equal(out, run(patched, tiny))
+    assert engines[0].stats.calls > engines[1].stats.calls   # the extra conditional forwards

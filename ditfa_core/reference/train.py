@@ -53,7 +53,7 @@ def evaluate(model: DiT, classifier: DigitClassifier, count: int, steps: int, cf
     """Class accuracy and FID of ``count`` CFG samples with labels cycling 0..9 (as the tests do)."""
     start = time.monotonic()
     labels = torch.arange(count) % model.config.num_classes
-    images = sample(model, labels, steps=steps, cfg=cfg, seed=0)
+    images = sample(model, labels, steps=steps, cfg=cfg, seed=0).cpu()
     accuracy, fid = classifier.class_accuracy(images, labels), classifier.fid(images)
     return Evaluation(accuracy, fid, time.monotonic() - start)
 
@@ -91,7 +91,8 @@ def fit_dit(images: Tensor, labels: Tensor, args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     config = DiTConfig.preset(args.preset)
-    model = DiT(config)
+    device = torch.device(args.device)
+    model = DiT(config).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
     step, spent = 0, 0.0
@@ -124,8 +125,10 @@ def fit_dit(images: Tensor, labels: Tensor, args: argparse.Namespace) -> None:
         y = torch.where(drop, config.null_class, labels[idx])
         eps = torch.randn(x0.shape, generator=generator)
         t = sample_times(args.batch_size, args.uniform_fraction, generator)
+        # Random draws stay on the CPU generator (same stream on any device), then move.
+        x0, y, eps, t = (a.to(device) for a in (x0, y, eps, t))
         x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * eps
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
             v = model(x_t, t, y)
         loss = F.mse_loss(v.float(), eps - x0)
         optimizer.zero_grad(set_to_none=True)
@@ -223,6 +226,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="bf16 autocast (about 1.5x faster on CPUs with AVX512-BF16)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the CPU is shared)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is available")
     parser.add_argument("--checkpoint-minutes", type=float, default=10.0)
     parser.add_argument("--checkpoint-eval", type=int, default=50, help="samples evaluated per checkpoint")
     parser.add_argument("--eval-samples", type=int, default=100, help="samples evaluated at the end")

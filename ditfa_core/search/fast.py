@@ -37,6 +37,11 @@ from ..windows import TokenLayout
 from .base import Forward, PlanSearch, Row
 
 INFEASIBLE = math.inf
+INITIAL_GAIN = 0.25
+"""The gain before any trial has measured it. Attention errors shrink on their way to the model
+output, so the gain is usually well below 1; starting optimistic makes the first trial measure the
+real ratio (a miss costs the one retry a step already allows), where a cautious start could choose
+all-FULL rows, run no trial, and never learn anything at small deltas."""
 
 
 @dataclass
@@ -162,7 +167,7 @@ class FastSearch(PlanSearch):
             self._probing = False
         after_probe = st.snapshot()
 
-        gain = self.gain if self.gain is not None else 1.0
+        gain = self.gain if self.gain is not None else INITIAL_GAIN
         for _attempt in range(2):
             row, raw = self._choose(gain)
             if row == self.full_row:

@@ -2,7 +2,7 @@
 
 What it does:
 
-1. Lays out a throwaway ComfyUI base directory (``--base-directory``; /work/comfyui itself is never
+1. Lays out a throwaway ComfyUI base directory (``--base-directory``; the ComfyUI checkout itself is never
    written): ``custom_nodes/`` holds a symlink to this pack and a test-only pack, ``ditfa_e2e_tiny``,
    whose node ``DiTFATinyFlux`` outputs a tiny random-weight Flux MODEL with conditioning and an empty
    latent (built by tests/comfy_models.py, the harness factories: no model file is needed), and whose

@@ -26,6 +26,7 @@ import torch
 
 from . import cfg
 from .context import CallContext, Role
+from .flops import pair_flops
 from .kernels import dense_attention, windowed_attention
 from .schedule import Schedule
 from .state import RunState
@@ -54,11 +55,6 @@ class Stats:
     @property
     def flops_fraction(self) -> float:
         return self.flops / self.full_flops if self.full_flops else 1.0
-
-
-def _cost(rows: int, heads: int, pairs: int, dim: int) -> float:
-    """Attention FLOPs of QK^T and PV for ``pairs`` (query, key) pairs per head and row."""
-    return 4.0 * rows * heads * pairs * dim
 
 
 class FastAttention:
@@ -102,11 +98,11 @@ class FastAttention:
 
     def _window(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
         p = self.pattern(layout)
-        self.stats.flops += _cost(q.shape[0], q.shape[1], p.pair_count(), q.shape[-1])
+        self.stats.flops += pair_flops(q.shape[0], q.shape[1], p.pair_count(), q.shape[-1])
         return windowed_attention(q, k, v, p, backend=self.backend)
 
     def _dense(self, dense: DenseFn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        self.stats.flops += _cost(q.shape[0], q.shape[1], q.shape[2] * k.shape[2], q.shape[-1])
+        self.stats.flops += pair_flops(q.shape[0], q.shape[1], q.shape[2] * k.shape[2], q.shape[-1])
         return dense(q, k, v)
 
     def close(self) -> None:
@@ -133,7 +129,7 @@ class FastAttention:
         """Attention of (B, H, N, D) ``q, k, v`` for the call ``ctx`` describes."""
         dense = dense or self.dense
         self.stats.calls += 1
-        self.stats.full_flops += _cost(q.shape[0], q.shape[1], q.shape[2] * k.shape[2], q.shape[-1])
+        self.stats.full_flops += pair_flops(q.shape[0], q.shape[1], q.shape[2] * k.shape[2], q.shape[-1])
         if ctx.layer >= self.schedule.num_layers:
             self._say_once(("layer", ctx.layer), "layer %d is beyond the plan's %d layers; computed in full",
                            ctx.layer, self.schedule.num_layers)
@@ -259,7 +255,7 @@ class FastAttention:
             self.stats.chunks[SHARE] += 1
             if partner.layout != ctx.layout:
                 glob = ctx.layout.n_global
-                self.stats.flops += _cost(q.shape[0], q.shape[1], glob * k.shape[2], q.shape[-1])
+                self.stats.flops += pair_flops(q.shape[0], q.shape[1], glob * k.shape[2], q.shape[-1])
             return cfg.share(partner.tensor, partner.layout, q, k, v, ctx.layout, dense)
         self._fallback(Strategy.ASC, "the unconditional branch came before (or without) its conditional one")
         self.stats.chunks[DENSE] += 1

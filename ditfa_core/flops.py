@@ -30,14 +30,19 @@ class PairCounted(Protocol):
     def pair_count(self) -> int: ...
 
 
+def pair_flops(batch: int, heads: int, pairs: int, head_dim: int) -> int:
+    """FLOPs of QK^T and PV over ``pairs`` (query, key) pairs per head and row (multiply-add = 2)."""
+    return 4 * batch * heads * pairs * head_dim
+
+
 def full_attention_flops(batch: int, heads: int, n_tokens: int, head_dim: int) -> int:
     """FLOPs of one dense self-attention call over (B, H, N, D) tensors."""
-    return 4 * batch * heads * n_tokens * n_tokens * head_dim
+    return pair_flops(batch, heads, n_tokens * n_tokens, head_dim)
 
 
 def window_attention_flops(batch: int, heads: int, pattern: PairCounted, head_dim: int) -> int:
     """FLOPs of one windowed call: only the pairs each query really sees, border clipping included."""
-    return 4 * batch * heads * pattern.pair_count() * head_dim
+    return pair_flops(batch, heads, pattern.pair_count(), head_dim)
 
 
 def pattern_pair_fraction(pattern: PairCounted) -> float:

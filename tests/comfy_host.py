@@ -224,3 +224,8 @@ def load_pack(module_name: str = PACK_MODULE_NAME, *, via_comfyui: bool = False)
         sys.modules.pop(module_name, None)
         raise
     return module
+
+
+def pack_module(pack: types.ModuleType, name: str) -> types.ModuleType:
+    """A submodule of the pack as ComfyUI imported it (e.g. ``"nodes.apply"``), never a top-level copy."""
+    return importlib.import_module(f"{pack.__name__}.{name}")

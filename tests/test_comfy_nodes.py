@@ -6,7 +6,6 @@ as ComfyUI loads it (a package under its folder's name). Skips when ComfyUI is n
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
 from pathlib import Path
@@ -18,23 +17,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # helpers sit next to this file, not in a package
 
-from comfy_host import bootstrap_comfyui, load_pack, require_comfyui
+from comfy_host import bootstrap_comfyui, load_pack
+from comfy_host import pack_module as mod
 from comfy_models import FACTORIES, TinyModel, make_model, sample
 
 logger = logging.getLogger(__name__)
 
 FAMILIES = sorted(f for f in FACTORIES if f != "lumina2")
 STEPS = 3
-
-
-@pytest.fixture(scope="module")
-def pack() -> ModuleType:
-    require_comfyui()
-    return load_pack()
-
-
-def mod(pack: ModuleType, name: str) -> ModuleType:
-    return importlib.import_module(f"{pack.__name__}.{name}")
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import re
 import sys
@@ -24,7 +23,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from comfy_host import REPO_ROOT, load_pack, require_comfyui
+from comfy_host import REPO_ROOT, load_pack
+from comfy_host import pack_module as mod
 
 from ditfa_core import heatmap
 from ditfa_core.plan import Plan
@@ -98,16 +98,6 @@ def test_examples_cover_every_node_and_embed_a_plan() -> None:
         plan = Plan.from_json(text)  # exactly the server's validation
         assert plan.to_json() == text, "embedded plans are stored in the canonical form"
         assert plan.steps >= 20 and plan.num_layers >= 28
-
-
-@pytest.fixture(scope="module")
-def pack() -> ModuleType:
-    require_comfyui()
-    return load_pack()
-
-
-def mod(pack: ModuleType, name: str) -> ModuleType:
-    return importlib.import_module(f"{pack.__name__}.{name}")
 
 
 def _widget_inputs(node_class: Any) -> list[str]:

@@ -1,0 +1,20 @@
+"""Fixtures shared by the real-ComfyUI tests."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the harness sits next to this file
+
+from comfy_host import load_pack, require_comfyui
+
+
+@pytest.fixture(scope="module")
+def pack() -> ModuleType:
+    """The pack imported as ComfyUI imports it; skips with the enabling steps where ComfyUI is absent."""
+    require_comfyui()
+    return load_pack()

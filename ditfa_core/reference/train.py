@@ -68,11 +68,14 @@ def fit_classifier(images: Tensor, labels: Tensor, out: Path) -> None:
                 out, accuracy, stats.count)
 
 
-def lr_at(step: int, progress: float, base: float, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 10% of ``base`` as the budget runs out."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return base * (0.1 + 0.45 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
+def lr_at(progress: float, base: float, warmup: float) -> float:
+    """Linear warm-up over the first ``warmup`` fraction of the budget, then cosine decay to 10% of
+    ``base``. Both are counted in budget (time) rather than steps: a step's cost varies with the model
+    and the machine's load, and a warm-up counted in steps wasted minutes of a large model's budget."""
+    if progress < warmup:
+        return base * max(progress / warmup, 0.01)
+    decay = (progress - warmup) / max(1.0 - warmup, 1e-9)
+    return base * (0.1 + 0.45 * (1.0 + math.cos(math.pi * min(decay, 1.0))))
 
 
 def sample_times(n: int, uniform_fraction: float, generator: torch.Generator) -> Tensor:
@@ -118,7 +121,7 @@ def fit_dit(images: Tensor, labels: Tensor, args: argparse.Namespace) -> None:
         if progress >= 1.0:
             break
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, progress, args.lr, args.warmup)
+            group["lr"] = lr_at(progress, args.lr, args.warmup_minutes / args.minutes)
         idx = torch.randint(len(images), (args.batch_size,), generator=generator)
         x0 = images[idx]
         drop = torch.rand(args.batch_size, generator=generator) < args.label_dropout
@@ -215,9 +218,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget for the DiT")
     parser.add_argument("--steps", type=int, default=0, help="optional step cap (0: budget only)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--ema", type=float, default=0.995,
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup-minutes", type=float, default=1.0, help="linear warm-up, in budget minutes")
+    parser.add_argument("--ema", type=float, default=0.999,
                         help="EMA decay, warmed up from 0.1 (short budgets need a short memory)")
     parser.add_argument("--uniform-fraction", type=float, default=0.25,
                         help="share of uniformly drawn training times (the rest is logit-normal)")

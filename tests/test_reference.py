@@ -170,7 +170,7 @@ def test_class_accuracy_on_trivial_inputs() -> None:
     net = DigitCNN()
     with torch.no_grad():
         net.head.weight.zero_()
-        net.head.bias.copy_(torch.arange(10.0) == 3)
+        net.head.bias.copy_(torch.arange(11.0) == 3)
     classifier = DigitClassifier(net)
     images = torch.zeros(4, 1, 32, 32)
     assert classifier.class_accuracy(images, torch.tensor([3, 3, 1, 2])) == 0.5

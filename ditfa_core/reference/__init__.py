@@ -28,7 +28,7 @@ STATS_FILE = "real_stats.json"
 __all__ = [
     "CLASSIFIER_FILE", "DIT_FILE", "STATS_FILE", "WEIGHTS_DIR", "DiT", "DiTConfig", "DigitCNN",
     "DigitClassifier", "FeatureStats", "frechet_distance", "load_classifier", "load_dit", "load_reference",
-    "sample", "save_classifier", "save_dit", "weights_available",
+    "real_floor", "sample", "save_classifier", "save_dit", "weights_available",
 ]
 
 
@@ -56,15 +56,25 @@ def load_dit(path: Path, device: str | torch.device = "cpu", dtype: torch.dtype 
     return model.to(device=device, dtype=dtype).eval()
 
 
-def save_classifier(net: DigitCNN, stats: FeatureStats, weights_dir: Path) -> None:
+def save_classifier(net: DigitCNN, stats: FeatureStats, weights_dir: Path,
+                    floor: dict[str, float] | None = None) -> None:
+    """Write the CNN and the real-digit statistics; ``floor`` (what real held-out digits score) is kept
+    in the statistics file for :func:`real_floor`."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     _atomic_save(tensors, weights_dir / CLASSIFIER_FILE, {})
-    stats.to_json(weights_dir / STATS_FILE)
+    stats.to_json(weights_dir / STATS_FILE, floor)
+
+
+def real_floor(weights_dir: Path = WEIGHTS_DIR) -> dict[str, float]:
+    """The real-data floor saved with the classifier: ``n`` held-out real digits, their ``accuracy``,
+    ``not_a_digit_rate`` and ``fid``, and the share of synthetic ``non_digits_caught``. Empty if absent."""
+    return json.loads((weights_dir / STATS_FILE).read_text()).get("floor", {})
 
 
 def load_classifier(weights_dir: Path = WEIGHTS_DIR, device: str | torch.device = "cpu") -> DigitClassifier:
-    net = DigitCNN()
-    net.load_state_dict(load_file(str(weights_dir / CLASSIFIER_FILE)))
+    tensors = load_file(str(weights_dir / CLASSIFIER_FILE))
+    net = DigitCNN(num_classes=tensors["head.weight"].shape[0])
+    net.load_state_dict(tensors)
     return DigitClassifier(net, FeatureStats.from_json(weights_dir / STATS_FILE)).to(device).eval()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,12 +25,20 @@ from torch import Tensor, nn
 logger = logging.getLogger(__name__)
 
 FEATURE_DIM = 64
+NUM_DIGITS = 10
+NOT_A_DIGIT = NUM_DIGITS
+"""The classifier's eleventh outcome. A 10-way classifier must call every image some digit, and blank or
+speckled samples of an undertrained DiT landed on "1" and "8" often enough to fake 25% accuracy; with
+this outcome such samples count as wrong for every requested class."""
 
 
 class DigitCNN(nn.Module):
-    """Three conv stages and a 64-d feature layer: small enough to train in about a minute of CPU."""
+    """Three conv stages and a 64-d feature layer: small enough to train in about a minute of CPU.
 
-    def __init__(self, num_classes: int = 10, feature_dim: int = FEATURE_DIM) -> None:
+    Outputs ``num_classes`` logits: the ten digits, then :data:`NOT_A_DIGIT`.
+    """
+
+    def __init__(self, num_classes: int = NUM_DIGITS + 1, feature_dim: int = FEATURE_DIM) -> None:
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
@@ -55,8 +64,10 @@ class FeatureStats:
     cov: np.ndarray
     count: int
 
-    def to_json(self, path: Path) -> None:
+    def to_json(self, path: Path, floor: dict[str, float] | None = None) -> None:
         payload = {"count": self.count, "mean": self.mean.tolist(), "cov": self.cov.tolist()}
+        if floor is not None:
+            payload["floor"] = floor
         path.write_text(json.dumps(payload))
 
     @classmethod
@@ -106,15 +117,30 @@ class DigitClassifier(nn.Module):
         return self._batched(self.net.features, images)
 
     def predict(self, images: Tensor) -> Tensor:
-        """Predicted digit (B,) for images (B, 1, 32, 32) in [-1, 1]."""
+        """Predicted class (B,) int64 for images (B, 1, 32, 32) in [-1, 1]: a digit 0-9, or
+        :data:`NOT_A_DIGIT` (10) for blanks, noise and blobs."""
         return self._batched(self.net, images).argmax(dim=1)
+
+    def correct(self, images: Tensor, labels: Tensor) -> Tensor:
+        """(B,) bool: whether each image is classified as the digit it was generated as. An image judged
+        not a digit is wrong whatever its label. The per-sample vector is what paired comparisons need."""
+        if len(images) == 0:
+            raise ValueError("class accuracy needs at least one image")
+        return self.predict(images).cpu() == torch.as_tensor(labels).cpu()
 
     def class_accuracy(self, images: Tensor, labels: Tensor) -> float:
         """Fraction of images classified as the digit they were generated (or labelled) as."""
-        if len(images) == 0:
-            raise ValueError("class_accuracy needs at least one image")
-        predicted = self.predict(images).cpu()
-        return float((predicted == torch.as_tensor(labels).cpu()).float().mean())
+        return float(self.correct(images, labels).float().mean())
+
+    def per_class_accuracy(self, images: Tensor, labels: Tensor) -> list[float]:
+        """Accuracy for each requested digit 0-9 (NaN for a digit with no image)."""
+        correct, labels = self.correct(images, labels), torch.as_tensor(labels).cpu()
+        return [float(correct[labels == d].float().mean()) if (labels == d).any() else math.nan
+                for d in range(NUM_DIGITS)]
+
+    def not_a_digit_rate(self, images: Tensor) -> float:
+        """Fraction of images judged :data:`NOT_A_DIGIT`."""
+        return float((self.predict(images) == NOT_A_DIGIT).float().mean())
 
     def feature_stats(self, images: Tensor) -> FeatureStats:
         return FeatureStats.of(self.features(images))
@@ -132,6 +158,34 @@ class DigitClassifier(nn.Module):
         return frechet_distance(self.feature_stats(images), self.real_stats)
 
 
+def non_digits(n: int, generator: torch.Generator, size: int = 32) -> Tensor:
+    """``n`` images (n, 1, size, size) in [-1, 1] that are not digits, cycling through four kinds.
+
+    What an undertrained or broken sampler produces, so the classifier learns to say so: blanks (with
+    faint noise), Gaussian noise of random strength, sparse speckle, and one to three soft blobs (the
+    "speckled blobs" of the first reference DiT). Strokes are left out on purpose: a random stroke can be
+    a perfectly good "1".
+    """
+    kinds = torch.arange(n) % 4
+    out = torch.full((n, 1, size, size), -1.0)
+    noise = torch.randn((n, 1, size, size), generator=generator)
+    strength = torch.rand((n, 1, 1, 1), generator=generator)
+    out = torch.where((kinds == 0).view(-1, 1, 1, 1), -1.0 + 0.05 * strength * noise.abs(), out)
+    out = torch.where((kinds == 1).view(-1, 1, 1, 1), (-1.0 + 2 * strength * noise).clamp(-1, 1), out)
+    speckle = torch.rand((n, 1, size, size), generator=generator) < 0.02 + 0.1 * strength
+    out = torch.where((kinds == 2).view(-1, 1, 1, 1) & speckle, 1.0, out)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    blobs = torch.zeros(n, size, size)
+    for _ in range(3):
+        centre = 6 + torch.rand((n, 2), generator=generator) * (size - 12)
+        radius = 1.5 + 4 * torch.rand((n, 1, 1), generator=generator)
+        present = torch.rand((n, 1, 1), generator=generator) < 0.7
+        d2 = (yy - centre[:, 0, None, None]) ** 2 + (xx - centre[:, 1, None, None]) ** 2
+        blobs = blobs + present * torch.exp(-d2 / (2 * radius**2))
+    blobs = (blobs.clamp(0, 1) * 2 - 1).unsqueeze(1) + 0.3 * strength * noise
+    return torch.where((kinds == 3).view(-1, 1, 1, 1), blobs.clamp(-1, 1), out)
+
+
 def _augment(images: Tensor, generator: torch.Generator) -> Tensor:
     """Random shifts of up to 2 pixels, so the classifier tolerates the imprecise placement of samples."""
     dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=generator))
@@ -147,7 +201,9 @@ def train_classifier(
     lr: float = 2e-3,
     seed: int = 0,
 ) -> tuple[DigitCNN, float]:
-    """Train the CNN; return it (eval mode) and its held-out accuracy."""
+    """Train the CNN on digits plus :func:`non_digits` (a quarter of each batch, labelled
+    :data:`NOT_A_DIGIT`); return it (eval mode) and its held-out accuracy on real digits, where a real
+    digit judged not a digit counts as wrong."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     net = DigitCNN()
@@ -161,7 +217,10 @@ def train_classifier(
         order = torch.randperm(len(images), generator=generator)
         for i in range(len(images) // batch_size):
             idx = order[i * batch_size : (i + 1) * batch_size]
-            loss = F.cross_entropy(net(_augment(images[idx], generator)), labels[idx])
+            negatives = non_digits(batch_size // 4, generator)
+            batch = torch.cat([_augment(images[idx], generator), negatives])
+            targets = torch.cat([labels[idx], torch.full((len(negatives),), NOT_A_DIGIT)])
+            loss = F.cross_entropy(net(batch), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

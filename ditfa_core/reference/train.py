@@ -34,7 +34,7 @@ from . import (
     save_classifier,
     save_dit,
 )
-from .classifier import DigitClassifier, train_classifier
+from .classifier import DigitClassifier, non_digits, train_classifier
 from .data import load_digits, split_digits
 from .model import DiT, DiTConfig
 from .sampling import sample
@@ -59,13 +59,23 @@ def evaluate(model: DiT, classifier: DigitClassifier, count: int, steps: int, cf
 
 
 def fit_classifier(images: Tensor, labels: Tensor, out: Path) -> None:
-    """Train the metric CNN, then commit it with the feature statistics of all real digits."""
+    """Train the metric CNN, then commit it with the feature statistics of all real digits and the
+    real-data floor (what real held-out digits score), which every quality table prints beside its rows."""
     train, held_out = split_digits(images, labels)
     net, accuracy = train_classifier(train, held_out)
-    stats = DigitClassifier(net).feature_stats(images)
-    save_classifier(net, stats, out)
-    logger.info("classifier saved to %s (held-out accuracy %.3f, real stats over %d digits)",
-                out, accuracy, stats.count)
+    classifier = DigitClassifier(net)
+    stats = classifier.feature_stats(images)
+    classifier.real_stats = stats
+    negatives = non_digits(1000, torch.Generator().manual_seed(1))
+    floor = {
+        "n": len(held_out[0]),
+        "accuracy": accuracy,
+        "not_a_digit_rate": classifier.not_a_digit_rate(held_out[0]),
+        "fid": classifier.fid(held_out[0]),
+        "non_digits_caught": classifier.not_a_digit_rate(negatives),
+    }
+    save_classifier(net, stats, out, floor)
+    logger.info("classifier saved to %s: real held-out %s", out, floor)
 
 
 def lr_at(progress: float, base: float, warmup: float) -> float:

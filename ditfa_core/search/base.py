@@ -11,7 +11,7 @@ compressed trajectory, as in paper Algorithm 1.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -19,7 +19,7 @@ from ..context import CallContext
 from ..engine import DenseFn, FastAttention
 from ..kernels import dense_attention
 from ..schedule import Grid, Schedule
-from ..strategies import Strategy
+from ..strategies import GREEDY_ORDER, Strategy
 from ..windows import WindowSpec
 
 log = logging.getLogger(__name__)
@@ -43,11 +43,18 @@ class PlanSearch:
         backend: str = "auto",
         cache_device: torch.device | str | None = None,
         dense: DenseFn = dense_attention,
+        candidates: Sequence[Strategy] = GREEDY_ORDER,
     ) -> None:
         if num_steps < 1 or num_layers < 1:
             raise ValueError(f"a search needs steps and layers >= 1, got {num_steps} and {num_layers}")
         if not delta >= 0:
             raise ValueError(f"delta must be a number >= 0, got {delta}")
+        unknown = [m for m in candidates if m not in GREEDY_ORDER]
+        if unknown or not candidates:
+            raise ValueError(f"candidates must be a non-empty subset of {[m.value for m in GREEDY_ORDER]}, "
+                             f"got {[Strategy.parse(m).value for m in candidates]}")
+        # Tried from the most to the least compressive, as Algorithm 1 does, whatever order was given.
+        self.candidates = tuple(m for m in GREEDY_ORDER if m in candidates)
         self.num_steps, self.num_layers, self.delta = num_steps, num_layers, float(delta)
         self.full_row: Row = (Strategy.FULL,) * num_layers
         self.rows: list[Row | None] = [None] * num_steps

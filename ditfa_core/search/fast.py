@@ -32,7 +32,7 @@ from ..context import CallContext, Role
 from ..engine import DenseFn
 from ..kernels import windowed_attention
 from ..metrics import relative_error
-from ..strategies import GREEDY_ORDER, Strategy
+from ..strategies import Strategy
 from ..windows import TokenLayout
 from .base import Forward, PlanSearch, Row
 
@@ -143,7 +143,7 @@ class FastSearch(PlanSearch):
         for i in range(self.num_layers):
             bound = self.delta * (i + 1) / self.num_layers
             pick = Strategy.FULL
-            for m in GREEDY_ORDER:
+            for m in self.candidates:
                 e = self._local(i, m)
                 if predicted + gain * e < bound:
                     pick, predicted, raw = m, predicted + gain * e, raw + e

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..metrics import relative_error
-from ..strategies import GREEDY_ORDER, Strategy
+from ..strategies import Strategy
 from .base import Forward, PlanSearch, Row
 
 
@@ -24,7 +24,7 @@ class GreedySearch(PlanSearch):
         row = list(self.full_row)
         for i in range(self.num_layers):
             bound = self.delta * (i + 1) / self.num_layers
-            for m in GREEDY_ORDER:
+            for m in self.candidates:
                 row[i] = m
                 if relative_error(reference, self._trial(step, tuple(row), forward)) < bound:
                     break

@@ -130,10 +130,10 @@ class Progress:
     are counted as one: ``offset`` units are added to what the caller reports.
     """
 
-    def __init__(self, phase: int, phases: int, label: str, total: int, stream: TextIO = sys.stderr) -> None:
-        self.head, self.total, self.stream = f"[{phase}/{phases}] {label:<14}", total, stream
+    def __init__(self, phase: int, phases: int, label: str, total: int, stream: TextIO | None = None) -> None:
+        self.head, self.total, self.stream = f"[{phase}/{phases}] {label:<14}", total, stream or sys.stderr
         self.start, self.offset, self.shown = time.perf_counter(), 0, -1
-        self.tty = stream.isatty()
+        self.tty = self.stream.isatty()
 
     def __call__(self, done: int, _total: int | None = None) -> None:
         done = min(self.total, self.offset + done)

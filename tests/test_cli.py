@@ -172,3 +172,24 @@ def test_ctrl_c_exits_130_and_leaves_no_file(tmp_path, monkeypatch, capsys):
 
 def _refuse_work(*args, **kwargs):
     raise AssertionError("work started before the input was checked")
+
+
+def test_heatmap_states_shares_window_and_cost(tmp_path):
+    from PIL import Image
+
+    from ditfa_core import heatmap
+    from ditfa_core.plan import Calibration, ModelInfo, WindowSetting
+
+    grid = ((Strategy.FULL, Strategy.FULL), (Strategy.AST, Strategy.WA_RS))
+    calibration = Calibration(steps=2, sampler="euler", scheduler="linear", cfg=4.0, delta=0.1,
+                              window=WindowSetting("band", 0.125), search="fast", seconds=1.0,
+                              generations=2.0, created="2026-01-01T00:00:00+00:00", tool_version="test")
+    plan = Plan(ModelInfo("dit", 2, 2, 16, 0, (1, 4, 4)), grid, Cost.estimate(grid, 0.25), calibration)
+    shares = heatmap.shares(plan)
+    assert shares[Strategy.FULL] == 0.5 and shares[Strategy.AST] == 0.25 and sum(shares.values()) == 1.0
+    text = "\n".join(heatmap.caption(plan))
+    assert "2.00 model evaluations per sampling step" in text
+    assert "window band 0.125 of the tokens; admits 25.0% of query-key pairs" in text
+    heatmap.render_png(plan, tmp_path / "plan.png")
+    assert Image.open(tmp_path / "plan.png").size[0] >= 440
+    assert [p.name for p in tmp_path.iterdir()] == ["plan.png"]   # no temporary file left

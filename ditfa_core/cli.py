@@ -1,47 +1,196 @@
-"""Command line: calibrate a plan for the reference DiT, and the paper's Table 1 in miniature.
+"""Command line: calibrate a plan for the reference DiT, sample it, and the paper's Table 1 in miniature.
 
-``python -m ditfa_core calibrate`` is the pack's main job on its built-in default model: it
-searches a plan, writes it as JSON and as a heatmap PNG, and prints what the plan saves and what
-it costs in quality. ``python -m ditfa_core table`` sweeps delta (paper D1-D6) for both searches.
+``python -m ditfa_core calibrate`` (or ``ditfa calibrate`` once installed) is the pack's main job on its
+built-in reference model: it searches a plan, writes it as JSON with a heatmap PNG beside it, then
+samples an evaluation set with and without the plan and prints what the plan saves and what it costs
+in quality. ``sample`` writes reference samples (optionally under a plan) as an MNIST-style .npz and a
+PNG grid; ``table`` sweeps delta (paper D1-D6) for both searches.
+
+Every option is checked before any work starts: a bad value ends the program with one line naming the
+option and the allowed range, and exit status 2. Each phase prints a progress line with its remaining
+time; Ctrl-C stops at once with exit status 130 and never leaves a half-written file.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import logging
+import math
+import os
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn, TextIO
 
 import torch
+from torch import Tensor
 
 from . import __version__
-from .heatmap import render_png
+from .heatmap import COST_UNIT, caption, render_png
 from .metrics import rel_l1
-from .plan import Calibration, Cost, ModelInfo, Plan, WindowSetting
-from .reference import DigitClassifier, DiT, load_reference
-from .reference.fastattn import calibrate, generate, token_layout
+from .plan import MAX_DIM, Calibration, Cost, ModelInfo, Plan, PlanError, WindowSetting
+from .reference import WEIGHTS_DIR, DigitClassifier, DiT, load_reference, weights_available
+from .reference.fastattn import SearchOutcome, calibrate, generate, token_layout
+from .reference.images import write_samples
+from .reference.sampling import initial_noise
+from .schedule import Grid
 from .windows import WindowSpec
 
 D_LEVELS = {f"D{i}": 0.025 * i for i in range(1, 7)}   # paper §4.1: delta = 0.025 ... 0.15
+BATCH = 100
+"""Images per sampling batch: bounds memory for any ``--eval-samples``; images do not depend on it."""
+FAMILY = "reference-dit"
+EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 
-class ProgressLine:
-    """A one-line progress bar on stderr (the CLI's; ComfyUI nodes use ComfyUI's own)."""
+# -- input checking ------------------------------------------------------------------------------------
 
-    def __init__(self, label: str) -> None:
-        self.label, self.start = label, time.perf_counter()
 
-    def __call__(self, done: int, total: int) -> None:
-        filled = 30 * done // total
-        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} "
-                         f"{time.perf_counter() - self.start:5.1f}s")
-        if done == total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``ditfa: error: argument --steps: must be ...`` and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def integer(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type accepting integers in [lo, hi]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be an integer in [{lo}, {hi}], got {text!r}")
+        return value
+    return parse
+
+
+def number(lo: float, hi: float, *, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse type accepting finite numbers in [lo, hi] (or (lo, hi] with ``low_open``)."""
+    interval = f"{'(' if low_open else '['}{lo:g}, {hi:g}]"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or not (lo < value if low_open else lo <= value) or value > hi:
+            raise argparse.ArgumentTypeError(f"must be a finite number in {interval}, got {text!r}")
+        return value
+    return parse
+
+
+def check_output(parser: argparse.ArgumentParser, option: str, path: Path, suffix: str,
+                 png_beside: bool = True) -> None:
+    """Refuse, before any work, an output that does not end in ``suffix`` or cannot be written; the PNG
+    written beside it (same name, .png) is checked too."""
+    if path.suffix.lower() != suffix:
+        beside = " (the PNG is written beside it)" if png_beside else ""
+        parser.error(f"argument {option}: must end in {suffix}{beside}, got '{path}'")
+    folder = path.parent
+    if not folder.is_dir():
+        parser.error(f"argument {option}: folder '{folder}' does not exist")
+    try:   # a real probe: permission bits say nothing for root, a read-only mount or /proc
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        parser.error(f"argument {option}: cannot write in folder '{folder}': {e.strerror}")
+    for target in (path, path.with_suffix(".png")) if png_beside else (path,):
+        if target.is_dir() or (target.exists() and not os.access(target, os.W_OK)):
+            parser.error(f"argument {option}: '{target}' exists and cannot be overwritten")
+
+
+def load_plan(parser: argparse.ArgumentParser, path: Path) -> Plan:
+    try:
+        return Plan.load(path)
+    except (OSError, PlanError) as e:
+        parser.error(f"argument --plan: {e}")
+
+
+# -- progress ------------------------------------------------------------------------------------------
+
+
+def clock(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class Progress:
+    """One phase's progress line on stderr: ``[2/4] raw samples [####....] 8/20 0:12 elapsed, ~0:18 left``.
+
+    On a terminal the line redraws in place; in a log (not a tty) a line is written at every quarter.
+    The remaining time extrapolates the phase's own rate so far. Several calls of the phase (batches)
+    are counted as one: ``offset`` units are added to what the caller reports.
+    """
+
+    def __init__(self, phase: int, phases: int, label: str, total: int, stream: TextIO | None = None) -> None:
+        self.head, self.total, self.stream = f"[{phase}/{phases}] {label:<14}", total, stream or sys.stderr
+        self.start, self.offset, self.shown = time.perf_counter(), 0, -1
+        self.tty = self.stream.isatty()
+
+    def __call__(self, done: int, _total: int | None = None) -> None:
+        done = min(self.total, self.offset + done)
+        quarter = 4 * done // self.total
+        if not self.tty and quarter == self.shown:
+            return
+        self.shown = quarter
+        elapsed = time.perf_counter() - self.start
+        left = f"~{clock(elapsed / done * (self.total - done))} left" if done else "estimating"
+        bar = "#" * (24 * done // self.total) + "." * (24 - 24 * done // self.total)
+        end = "\n" if done == self.total or not self.tty else ""
+        self.stream.write(f"{chr(13) if self.tty else ''}{self.head} [{bar}] {done}/{self.total} "
+                          f"{clock(elapsed)} elapsed, {left}{end}")
+        self.stream.flush()
+
+    def batch_done(self, units: int) -> None:
+        self.offset += units
+
+    def finish(self) -> None:
+        if self.offset < self.total:
+            self.offset = self.total
+            self(0)
+
+
+# -- sampling in batches -----------------------------------------------------------------------------
+
+
+@dataclass
+class Samples:
+    images: Tensor                 # (n, 1, H, W) float32 in [-1, 1]
+    flops_fraction: float          # attention FLOPs spent / the uncompressed model's
+    fallbacks: int
+
+
+def draw(model: DiT, labels: Tensor, noise: Tensor, grid: Grid | None, steps: int, cfg: float,
+         window: WindowSpec, progress: Progress) -> Samples:
+    """Sample one image per label in batches of ``BATCH`` from the given initial noise, so the same
+    (labels, noise) give the same images whatever the batch size; ``progress`` counts sampling steps."""
+    runs = []
+    for start in range(0, len(labels), BATCH):
+        runs.append(generate(model, labels[start:start + BATCH], grid, steps=steps, cfg=cfg, window=window,
+                             noise=noise[start:start + BATCH], progress=progress))
+        progress.batch_done(steps)
+    progress.finish()
+    full = sum(r.stats.full_flops for r in runs)
+    return Samples(torch.cat([r.images for r in runs]),
+                   sum(r.stats.flops for r in runs) / full if full else 1.0,
+                   sum(r.stats.fallbacks for r in runs))
+
+
+def evaluation_set(model: DiT, n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """(labels cycling 0..9, initial noise) of ``n`` images: identical for every configuration (paired)."""
+    size = (model.config.image_size,) * 2
+    return torch.arange(n) % 10, initial_noise(n, model.config.in_channels, size, seed)
+
+
+# -- the table -----------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -51,45 +200,60 @@ class Row:
     fid: float
     accuracy: float
     rel_l1: float
-    generations: float | None = None
+    evaluations_per_step: float | None = None
     search_seconds: float | None = None
 
-    def cells(self) -> list[str]:
-        g = "-" if self.generations is None else f"{self.generations:.2f}"
-        s = "-" if self.search_seconds is None else f"{self.search_seconds:.1f}"
-        return [self.name, f"{100 * self.flops:.1f}%", f"{self.fid:.2f}", f"{100 * self.accuracy:.1f}%",
-                f"{self.rel_l1:.4f}", g, s]
+
+COLUMNS = ["config", "attention FLOPs", "FID", "class accuracy", "rel-L1 vs raw",
+           f"search cost ({COST_UNIT})", "search time (s)"]
 
 
-HEADER = ["config", "attn FLOPs", "FID", "class acc", "rel-L1 vs raw", "search (gens)", "search (s)"]
+def cells(row: Row) -> list[str]:
+    cost = "-" if row.evaluations_per_step is None else f"{row.evaluations_per_step:.2f}"
+    seconds = "-" if row.search_seconds is None else f"{row.search_seconds:.1f}"
+    return [row.name, f"{100 * row.flops:.1f}%", f"{row.fid:.2f}", f"{100 * row.accuracy:.1f}%",
+            f"{row.rel_l1:.4f}", cost, seconds]
 
 
-def markdown(rows: list[Row]) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(r.cells()) + " |" for r in rows]
-    return "\n".join(lines)
+def table(rows: Sequence[Row], header: bool = True) -> str:
+    """The quality table as Markdown (what the main job and ``table`` print)."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)] if header else []
+    return "\n".join(lines + ["| " + " | ".join(cells(r)) + " |" for r in rows])
 
 
 class Evaluator:
-    """Generates the evaluation set once uncompressed, then scores plans against it."""
+    """Samples the evaluation set once uncompressed, then scores plans against it on the same noise."""
 
-    def __init__(self, model: DiT, classifier: DigitClassifier, n: int, steps: int, cfg: float,
-                 seed: int, window: WindowSpec) -> None:
-        self.model, self.classifier, self.steps, self.cfg, self.seed = model, classifier, steps, cfg, seed
-        self.window = window
-        self.labels = torch.arange(n) % 10
-        self.raw = generate(model, self.labels, steps=steps, cfg=cfg, seed=seed).images
+    def __init__(self, model: DiT, classifier: DigitClassifier, args: argparse.Namespace,
+                 window: WindowSpec, raw_phase: tuple[int, int]) -> None:
+        self.model, self.classifier, self.args, self.window = model, classifier, args, window
+        self.labels, self.noise = evaluation_set(model, args.eval_samples, args.seed)
+        self.raw = self.draw(None, *raw_phase, "raw samples").images
 
-    def row(self, name: str, grid=None, search=None) -> Row:
-        run = generate(self.model, self.labels, grid, steps=self.steps, cfg=self.cfg, seed=self.seed,
-                       window=self.window)
-        return Row(name, run.stats.flops_fraction, self.classifier.fid(run.images),
-                   self.classifier.class_accuracy(run.images, self.labels), rel_l1(self.raw, run.images),
-                   None if search is None else search.generations,
-                   None if search is None else search.seconds)
+    def draw(self, grid: Grid | None, phase: int, phases: int, label: str) -> Samples:
+        total = -(-len(self.labels) // BATCH) * self.args.steps
+        return draw(self.model, self.labels, self.noise, grid, self.args.steps, self.args.cfg, self.window,
+                    Progress(phase, phases, label, total))
+
+    def row(self, name: str, samples: Samples, search: SearchOutcome | None = None) -> Row:
+        images = samples.images
+        return Row(name, samples.flops_fraction, self.classifier.fid(images),
+                   self.classifier.class_accuracy(images, self.labels), rel_l1(self.raw, images),
+                   None if search is None else search.generations, None if search is None else search.seconds)
+
+    def raw_row(self) -> Row:
+        return self.row("raw", Samples(self.raw, 1.0, 0))
 
 
-def make_plan(model: DiT, outcome, args: argparse.Namespace, window: WindowSpec) -> Plan:
+# -- commands ------------------------------------------------------------------------------------------
+
+
+def model_info(model: DiT) -> ModelInfo:
+    layout = token_layout(model)
+    return ModelInfo(FAMILY, model.num_layers, model.num_heads, layout.n_image, 0, layout.grid)
+
+
+def make_plan(model: DiT, outcome: SearchOutcome, args: argparse.Namespace, window: WindowSpec) -> Plan:
     layout = token_layout(model)
     pair_fraction = window.resolve(layout).pair_count() / layout.n_tokens**2
     calibration = Calibration(
@@ -99,83 +263,177 @@ def make_plan(model: DiT, outcome, args: argparse.Namespace, window: WindowSpec)
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         tool_version=__version__, resolution=(model.config.image_size,) * 2,
     )
-    info = ModelInfo("reference-dit", model.num_layers, model.num_heads, layout.n_image, 0, layout.grid)
-    return Plan(info, outcome.grid, Cost.estimate(outcome.grid, pair_fraction), calibration)
+    return Plan(model_info(model), outcome.grid, Cost.estimate(outcome.grid, pair_fraction), calibration)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     model, classifier = load_reference()
     window = WindowSpec(args.window, args.fraction)
+    phases = 4 if args.eval_samples else 1
     labels = torch.arange(args.calib_samples) % 10
+    progress = Progress(1, phases, "calibration", args.steps)
     outcome = calibrate(model, labels, mode=args.mode, delta=args.delta, steps=args.steps, cfg=args.cfg,
-                        seed=args.seed + 1, window=window, progress=ProgressLine(f"calibrate ({args.mode})"))
+                        seed=args.seed + 1, window=window, progress=progress)
     plan = make_plan(model, outcome, args, window)
     out = Path(args.out)
     plan.save(out)
     render_png(plan, out.with_suffix(".png"))
-    print(f"plan: {out} and {out.with_suffix('.png')}\n{plan.summary()}")
+    print("\n".join([f"plan: {out} and {out.with_suffix('.png')}", plan.summary(), *caption(plan)[1:]]),
+          flush=True)
     if args.eval_samples:
-        ev = Evaluator(model, classifier, args.eval_samples, args.steps, args.cfg, args.seed, window)
-        raw = ev.row("raw")
-        found = ev.row(f"{args.mode} delta={args.delta:g}", plan.grid, outcome)
-        print(markdown([raw, found]))
+        ev = Evaluator(model, classifier, args, window, (2, phases))
+        found = ev.draw(plan.grid, 3, phases, "plan samples")
+        metrics = Progress(4, phases, "metrics", 2)
+        rows = [ev.raw_row()]
+        metrics(1)
+        rows.append(ev.row(f"{args.mode} delta={args.delta:g}", found, outcome))
+        metrics(2)
+        print(table(rows))
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    plan = load_plan(args.parser, Path(args.plan)) if args.plan else None
+    model, _ = load_reference()
+    window, grid = WindowSpec(), None
+    if plan is not None:
+        try:
+            plan.check_fits(model_info(model), strict=True)
+        except PlanError as e:
+            args.parser.error(f"argument --plan: {e}")
+        grid = plan.resampled(args.steps)
+        if plan.calibration is not None:
+            w = plan.calibration.window
+            window = WindowSpec(w.kind, w.fraction, w.radius)
+    labels, noise = evaluation_set(model, 10 * args.per_class, args.seed)
+    progress = Progress(1, 1, "samples", -(-len(labels) // BATCH) * args.steps)
+    samples = draw(model, labels, noise, grid, args.steps, args.cfg, window, progress)
+    png = write_samples(samples.images, labels, Path(args.out))
+    print(f"samples: {args.out} ({len(labels)} images, attention FLOPs {100 * samples.flops_fraction:.1f}% "
+          f"of full) and {png}")
     return 0
 
 
 def cmd_table(args: argparse.Namespace) -> int:
     model, classifier = load_reference()
     window = WindowSpec(args.window, args.fraction)
-    ev = Evaluator(model, classifier, args.eval_samples, args.steps, args.cfg, args.seed, window)
+    configs = [(mode, name) for mode in args.modes
+               for name in (args.greedy_levels if mode == "greedy" else args.levels)]
+    phases = 1 + 2 * len(configs)
+    ev = Evaluator(model, classifier, args, window, (1, phases))
     labels = torch.arange(args.calib_samples) % 10
-    one_generation = generate(model, labels, steps=args.steps, cfg=args.cfg, seed=args.seed + 1).seconds
-    rows = [ev.row("raw")]
-    for mode in args.modes:
-        levels = args.greedy_levels if mode == "greedy" else args.levels
-        for name, delta in ((n, D_LEVELS[n]) for n in levels):
-            outcome = calibrate(model, labels, mode=mode, delta=delta, steps=args.steps, cfg=args.cfg,
-                                seed=args.seed + 1, window=window, progress=ProgressLine(f"{mode} {name}"))
-            row = ev.row(f"{mode} {name} (delta {delta:.3f})", outcome.grid, outcome)
-            row.search_seconds = outcome.seconds / one_generation   # in multiples of one generation's time
-            rows.append(row)
-            print(markdown([row]).splitlines()[-1], flush=True)
-    print(markdown(rows))
+    rows = [ev.raw_row()]
+    print(table(rows), flush=True)
+    for i, (mode, name) in enumerate(configs):
+        delta = D_LEVELS[name]
+        outcome = calibrate(model, labels, mode=mode, delta=delta, steps=args.steps, cfg=args.cfg,
+                            seed=args.seed + 1, window=window,
+                            progress=Progress(2 + 2 * i, phases, f"{mode} {name}", args.steps))
+        found = ev.draw(outcome.grid, 3 + 2 * i, phases, "samples")
+        rows.append(ev.row(f"{mode} {name} (delta {delta:.3f})", found, outcome))
+        print(table(rows[-1:], header=False), flush=True)
+    print(table(rows))
     if args.json:
-        payload = {"settings": vars(args) | {"modes": list(args.modes)}, "torch": torch.__version__,
-                   "threads": torch.get_num_threads(), "one_generation_seconds": one_generation,
+        payload = {"settings": {k: v for k, v in vars(args).items() if k not in ("func", "parser")},
+                   "torch": torch.__version__, "threads": torch.get_num_threads(),
                    "rows": [r.__dict__ for r in rows]}
         Path(args.json).write_text(json.dumps(payload, indent=2))
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ditfa_core", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
-    common.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (default 4)")
-    common.add_argument("--seed", type=int, default=0)
-    common.add_argument("--window", choices=["band", "nbhd"], default="band",
-                        help="band: the paper's 1-D window; nbhd: 2-D neighbourhood on the token grid")
-    common.add_argument("--fraction", type=float, default=1 / 8, help="window size / image tokens (1/8)")
-    common.add_argument("--calib-samples", type=int, default=8, help="labels in the calibration batch")
-    common.add_argument("--eval-samples", type=int, default=100, help="images for FID and accuracy (0: skip)")
-    c = sub.add_parser("calibrate", parents=[common], help="search a plan for the reference DiT (main job)")
-    c.add_argument("--mode", choices=["fast", "greedy"], default="fast")
-    c.add_argument("--delta", type=float, default=0.1, help="error threshold (paper D1-D6: 0.025-0.15)")
-    c.add_argument("--out", default="reference_plan.json", help="plan file; the heatmap goes beside it")
+# -- the parser ----------------------------------------------------------------------------------------
+
+SEED_MAX = 2**63 - 2   # the calibration batch uses seed + 1
+
+
+def sampling_options(steps_help: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--steps", type=integer(1, MAX_DIM), default=20, help=steps_help)
+    p.add_argument("--cfg", type=number(0, 30), default=4.0,
+                   help="classifier-free guidance scale, 0-30 (default 4; 1 = no guidance)")
+    p.add_argument("--seed", type=integer(0, SEED_MAX), default=0,
+                   help="seed of the initial noise (default 0)")
+    return p
+
+
+def search_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--window", choices=["band", "nbhd"], default="band",
+                   help="band: the paper's 1-D window; nbhd: 2-D neighbourhood on the token grid")
+    p.add_argument("--fraction", type=number(0, 1, low_open=True), default=1 / 8,
+                   help="window size as a share of the image tokens, in (0, 1] (default 1/8, paper §4.1)")
+    p.add_argument("--calib-samples", type=integer(1, 256), default=8,
+                   help="labels in the calibration batch, 1-256 (default 8)")
+    return p
+
+
+def parser() -> Parser:
+    p = Parser(prog="ditfa", description=__doc__.split("\n\n")[0])
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    steps = f"sampling steps, 1-{MAX_DIM} (the plan format's cap; default 20)"
+    c = sub.add_parser("calibrate", parents=[sampling_options(steps), search_options()],
+                       help="search a plan for the reference DiT and measure it (the main job)")
+    c.add_argument("--mode", choices=["fast", "greedy"], default="fast",
+                   help="fast: about 2 model evaluations per sampling step; greedy: paper Algorithm 1, "
+                        "about 4 x layers")
+    c.add_argument("--delta", type=number(0, 1, low_open=True), default=0.1,
+                   help="error threshold in (0, 1] (paper D1-D6: 0.025-0.15; default 0.1)")
+    c.add_argument("--eval-samples", type=integer(0, 20_000), default=200,
+                   help="images sampled with and without the plan for FID and class accuracy, 0-20000 "
+                        "(default 200, about 2 minutes on 2 CPU cores; 0: skip; 1000+ for real measurements)")
+    c.add_argument("--out", default="reference_plan.json",
+                   help="plan file, must end in .json; its heatmap is written beside it as .png")
     c.set_defaults(func=cmd_calibrate)
-    t = sub.add_parser("table", parents=[common], help="paper Table 1 in miniature: D1-D6, both searches")
+    s = sub.add_parser("sample", parents=[sampling_options(steps)],
+                       help="reference DiT samples as an MNIST-style .npz and a PNG grid")
+    s.add_argument("--per-class", type=integer(1, 1000), required=True, help="images per digit class, 1-1000")
+    s.add_argument("--out", required=True, help="output file, must end in .npz; the PNG grid goes beside it")
+    s.add_argument("--plan", help="sample under this plan (a reference-DiT plan, e.g. from calibrate)")
+    s.set_defaults(func=cmd_sample)
+    t = sub.add_parser("table", parents=[sampling_options(steps), search_options()],
+                       help="paper Table 1 in miniature: D1-D6, both searches")
+    t.add_argument("--eval-samples", type=integer(1, 20_000), default=200,
+                   help="images per configuration, 1-20000 (default 200)")
     t.add_argument("--modes", nargs="+", choices=["fast", "greedy"], default=["fast", "greedy"])
     t.add_argument("--levels", nargs="+", choices=list(D_LEVELS), default=list(D_LEVELS),
                    help="delta levels for the fast search (default D1-D6)")
     t.add_argument("--greedy-levels", nargs="+", choices=list(D_LEVELS), default=list(D_LEVELS),
-                   help="delta levels for greedy, which costs about 4 x layers generations each")
-    t.add_argument("--json", help="also write the rows and settings here")
+                   help="delta levels for greedy, which costs about 4 x layers model evaluations per step")
+    t.add_argument("--json", help="also write the rows and settings here (.json)")
     t.set_defaults(func=cmd_table)
+    for sp in (c, s, t):
+        sp.set_defaults(parser=sp)
     return p
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Every check that needs more than one option's value, before any work starts."""
+    if not weights_available():
+        sys.exit(f"ditfa: error: the reference DiT's weights are not in {WEIGHTS_DIR} (the ComfyUI registry "
+                 "package leaves them out): run from a git checkout or `pip install .` from one")
+    if importlib.util.find_spec("PIL") is None:
+        sys.exit("ditfa: error: writing the PNG needs Pillow: pip install pillow")
+    if args.command == "calibrate":
+        check_output(args.parser, "--out", Path(args.out), ".json")
+    elif args.command == "sample":
+        check_output(args.parser, "--out", Path(args.out), ".npz")
+        if not Path(args.plan or ".").exists():
+            args.parser.error(f"argument --plan: no such file '{args.plan}'")
+    elif args.command == "table" and args.json:
+        check_output(args.parser, "--json", Path(args.json), ".json", png_beside=False)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 failed, 2 bad input, 130 interrupted)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parser().parse_args(argv)
-    return args.func(args)
+    check_args(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted (Ctrl-C): stopped; no file is left half-written\n")
+        return EXIT_INTERRUPTED
+    except (OSError, RuntimeError) as e:
+        sys.stderr.write(f"ditfa: error: {e}\n")
+        return EXIT_FAILED

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import os
-import tempfile
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -560,10 +560,12 @@ class Plan:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically (temp file in the same folder, then ``os.replace``): a crash or a full disk
-        leaves the old plan intact instead of a truncated file that a later load would refuse."""
+        leaves the old plan intact instead of a truncated file that a later load would refuse. The file
+        gets the user's umask like any other (mkstemp's 0600 would hide a plan from its co-workers)."""
         path = os.fspath(path)
         text = self.to_json()
-        fd, tmp = tempfile.mkstemp(prefix=".plan-", suffix=".tmp", dir=os.path.dirname(path) or ".")
+        tmp = os.path.join(os.path.dirname(path) or ".", f".plan-{secrets.token_hex(6)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)

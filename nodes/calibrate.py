@@ -155,7 +155,8 @@ def calibrate(model: Any, positive: Any, negative: Any, latent: dict[str, Any], 
     finally:
         if setup.search is not None:
             setup.search.close()
-    log.info("DiTFastAttn Calibrate: %s (%.1f generations)", plan.summary(), plan.calibration.generations)
+    log.info("DiTFastAttn Calibrate: %s (search cost %.1f model evaluations per sampling step)",
+             plan.summary(), plan.calibration.generations)
     out = latent.copy()
     out["samples"] = samples
     return plan, out
@@ -189,8 +190,8 @@ class DiTFastAttnCalibrate(io.ComfyNode):
                 io.Combo.Input("window", options=["band", "nbhd"], default="band"),
                 io.Float.Input("window_fraction", default=0.125, min=0.01, max=1.0, step=0.005),
                 io.Combo.Input("search", options=list(SEARCHES), default="fast",
-                               tooltip="fast: about 2 generations. greedy: the paper's Algorithm 1, about "
-                                       "4 x layers generations."),
+                               tooltip="fast: about 2 model evaluations per sampling step. greedy: the "
+                                       "paper's Algorithm 1, up to about 4 x layers."),
             ],
             outputs=[DitfaPlan.Output(display_name="plan"), io.Latent.Output(display_name="LATENT")],
         )

@@ -33,6 +33,7 @@ def reference():
     return load_reference()
 
 
+@pytest.mark.slow   # 80 generations of the committed model: minutes on 2 cores; CI runs it in its slow step
 def test_shipped_plan_keeps_quality(reference):
     model, classifier = reference
     plan = Plan.load(PLAN)

@@ -108,7 +108,7 @@ export function caption(plan) {
     const radius = w.radius === null || w.radius === undefined || w.radius === 0
       ? fmtG(w.fraction) : Array.isArray(w.radius) ? `radius [${w.radius.join(", ")}]` : `radius ${w.radius}`;
     lines.push(`search ${c.search}, delta ${fmtG(c.delta)}, ${c.sampler}/${c.scheduler}, cfg ${fmtG(c.cfg)}, ` +
-      `window ${w.kind} ${radius}, ${Number(c.generations).toFixed(2)} generations`);
+      `window ${w.kind} ${radius}, ${Number(c.generations).toFixed(2)} model evaluations per sampling step`);
   } else {
     lines.push("no calibration record (hand-made plan)");
   }

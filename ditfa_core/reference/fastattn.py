@@ -63,8 +63,11 @@ def generate(
     window: WindowSpec | None = None,
     backend: str = "auto",
     size: tuple[int, int] | None = None,
+    noise: Tensor | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Generation:
-    """Images sampled with ``grid`` applied (None: all FULL, i.e. the uncompressed model)."""
+    """Images sampled with ``grid`` applied (None: all FULL, i.e. the uncompressed model); ``noise`` and
+    ``progress`` as in :func:`~ditfa_core.reference.sampling.sample`."""
     if grid is None:
         grid = Schedule.uniform(Strategy.FULL, steps, model.num_layers).grid
     schedule = Schedule(grid)
@@ -73,7 +76,8 @@ def generate(
     engine = FastAttention(schedule, window, backend=backend)
     start = time.perf_counter()
     try:
-        images = sample(model, labels, steps=steps, cfg=cfg, seed=seed, size=size,
+        images = sample(model, labels, steps=steps, cfg=cfg, seed=seed, size=size, noise=noise,
+                        progress=progress,
                         attention_for_step=hooks(engine, token_layout(model, size), cfg != 1.0))
     finally:
         engine.close()

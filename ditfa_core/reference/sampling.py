@@ -27,6 +27,11 @@ def timesteps(steps: int) -> Tensor:
     return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
 
 
+def initial_noise(count: int, channels: int, size: tuple[int, int], seed: int) -> Tensor:
+    """(count, channels, H, W) float32 standard normal drawn on the CPU from ``seed`` (device-independent)."""
+    return torch.randn((count, channels, *size), generator=torch.Generator().manual_seed(seed))
+
+
 @torch.no_grad()
 def sample(
     model: DiT,
@@ -39,6 +44,7 @@ def sample(
     progress: Progress | None = None,
     size: tuple[int, int] | None = None,
     evaluate: Evaluate | None = None,
+    noise: Tensor | None = None,
 ) -> Tensor:
     """Generate one image per label, returned as (b, C, H, W) float32 in [-1, 1] on the model's device.
 
@@ -52,16 +58,20 @@ def sample(
     from ``torch.Generator().manual_seed(seed)``, so results do not depend on the device's RNG. ``size``
     (H, W) overrides ``model.config.image_size``, e.g. to time the ``xl`` preset at other resolutions.
     ``evaluate(i, forward)`` wraps each model evaluation: a plan search runs ``forward()`` as often as
-    it needs at the same input and returns the output the sampler should use.
+    it needs at the same input and returns the output the sampler should use. ``noise`` (b, C, H, W), if
+    given, replaces the seeded initial noise: a caller drawing many images in batches draws all the
+    noise once, so an image does not depend on the batch it lands in.
     """
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     y = torch.as_tensor(labels, dtype=torch.long).reshape(-1).to(device)
     b = y.shape[0]
     height, width = size or (model.config.image_size, model.config.image_size)
-    noise = torch.randn(
-        (b, model.config.in_channels, height, width), generator=torch.Generator().manual_seed(seed)
-    )
+    shape = (b, model.config.in_channels, height, width)
+    if noise is None:
+        noise = initial_noise(b, shape[1], (height, width), seed)
+    elif tuple(noise.shape) != shape:
+        raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
     x = noise.to(device=device, dtype=torch.float32)
     guided = cfg != 1.0
     y_in = torch.cat([y, torch.full_like(y, model.config.null_class)]) if guided else y

@@ -91,7 +91,8 @@ class PlanSearch:
 
     @property
     def generations(self) -> float:
-        """Search cost in multiples of one uncompressed generation (forwards per evaluation)."""
+        """Search cost in model evaluations per sampling step (forwards / evaluations; a plain generation
+        is 1). Stored in plans as ``calibration.generations``."""
         return self.forwards / self.evaluations if self.evaluations else 0.0
 
     def close(self) -> None:

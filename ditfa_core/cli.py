@@ -20,31 +20,27 @@ import json
 import logging
 import math
 import os
+import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn, TextIO
 
 import torch
-from torch import Tensor
 
 from . import __version__
-from .heatmap import COST_UNIT, caption, render_png
-from .metrics import rel_l1
+from .heatmap import caption, render_png
 from .plan import MAX_DIM, Calibration, Cost, ModelInfo, Plan, PlanError, WindowSetting
-from .reference import WEIGHTS_DIR, DigitClassifier, DiT, load_reference, weights_available
-from .reference.fastattn import SearchOutcome, calibrate, generate, token_layout
+from .reference import WEIGHTS_DIR, DiT, load_reference, real_floor, weights_available
+from .reference.fastattn import SearchOutcome, calibrate, token_layout
 from .reference.images import write_samples
-from .reference.sampling import initial_noise
-from .schedule import Grid
+from .reference.quality import BATCH, EvalSet, PairedEvaluator, Row, markdown, sample_set
+from .reference.table1 import ALONE, D_LEVELS, Calib, as_json
+from .reference.table1 import table as table1
 from .windows import WindowSpec
 
-D_LEVELS = {f"D{i}": 0.025 * i for i in range(1, 7)}   # paper §4.1: delta = 0.025 ... 0.15
-BATCH = 100
-"""Images per sampling batch: bounds memory for any ``--eval-samples``; images do not depend on it."""
 FAMILY = "reference-dit"
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -130,12 +126,14 @@ class Progress:
     are counted as one: ``offset`` units are added to what the caller reports.
     """
 
-    def __init__(self, phase: int, phases: int, label: str, total: int, stream: TextIO | None = None) -> None:
+    def __init__(self, phase: int, phases: int, label: str, total: int | None = None,
+                 stream: TextIO | None = None) -> None:
         self.head, self.total, self.stream = f"[{phase}/{phases}] {label:<14}", total, stream or sys.stderr
         self.start, self.offset, self.shown = time.perf_counter(), 0, -1
         self.tty = self.stream.isatty()
 
-    def __call__(self, done: int, _total: int | None = None) -> None:
+    def __call__(self, done: int, total: int | None = None) -> None:
+        self.total = self.total or total or 1   # given at construction, or by the first call
         done = min(self.total, self.offset + done)
         quarter = 4 * done // self.total
         if not self.tty and quarter == self.shown:
@@ -158,91 +156,28 @@ class Progress:
             self(0)
 
 
-# -- sampling in batches -----------------------------------------------------------------------------
+def phase_progress(first: int, phases: int) -> Callable[[str], Progress]:
+    """Progress lines for consecutive phases ``first``, ``first + 1``, ... of ``phases``, one per call."""
+    counter = iter(range(first, phases + 1))
+    return lambda label: Progress(next(counter, phases), phases, label)
 
 
-@dataclass
-class Samples:
-    images: Tensor                 # (n, 1, H, W) float32 in [-1, 1]
-    flops_fraction: float          # attention FLOPs spent / the uncompressed model's
-    fallbacks: int
+def machine() -> str:
+    """The CPU's model name where Linux tells it, else what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} logical CPUs)"
+    except OSError:
+        pass
+    return f"{platform.machine()} ({os.cpu_count()} logical CPUs)"
 
 
-def draw(model: DiT, labels: Tensor, noise: Tensor, grid: Grid | None, steps: int, cfg: float,
-         window: WindowSpec, progress: Progress) -> Samples:
-    """Sample one image per label in batches of ``BATCH`` from the given initial noise, so the same
-    (labels, noise) give the same images whatever the batch size; ``progress`` counts sampling steps."""
-    runs = []
-    for start in range(0, len(labels), BATCH):
-        runs.append(generate(model, labels[start:start + BATCH], grid, steps=steps, cfg=cfg, window=window,
-                             noise=noise[start:start + BATCH], progress=progress))
-        progress.batch_done(steps)
-    progress.finish()
-    full = sum(r.stats.full_flops for r in runs)
-    return Samples(torch.cat([r.images for r in runs]),
-                   sum(r.stats.flops for r in runs) / full if full else 1.0,
-                   sum(r.stats.fallbacks for r in runs))
-
-
-def evaluation_set(model: DiT, n: int, seed: int) -> tuple[Tensor, Tensor]:
-    """(labels cycling 0..9, initial noise) of ``n`` images: identical for every configuration (paired)."""
-    size = (model.config.image_size,) * 2
-    return torch.arange(n) % 10, initial_noise(n, model.config.in_channels, size, seed)
-
-
-# -- the table -----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    name: str
-    flops: float
-    fid: float
-    accuracy: float
-    rel_l1: float
-    evaluations_per_step: float | None = None
-    search_seconds: float | None = None
-
-
-COLUMNS = ["config", "attention FLOPs", "FID", "class accuracy", "rel-L1 vs raw",
-           f"search cost ({COST_UNIT})", "search time (s)"]
-
-
-def cells(row: Row) -> list[str]:
-    cost = "-" if row.evaluations_per_step is None else f"{row.evaluations_per_step:.2f}"
-    seconds = "-" if row.search_seconds is None else f"{row.search_seconds:.1f}"
-    return [row.name, f"{100 * row.flops:.1f}%", f"{row.fid:.2f}", f"{100 * row.accuracy:.1f}%",
-            f"{row.rel_l1:.4f}", cost, seconds]
-
-
-def table(rows: Sequence[Row], header: bool = True) -> str:
-    """The quality table as Markdown (what the main job and ``table`` print)."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)] if header else []
-    return "\n".join(lines + ["| " + " | ".join(cells(r)) + " |" for r in rows])
-
-
-class Evaluator:
-    """Samples the evaluation set once uncompressed, then scores plans against it on the same noise."""
-
-    def __init__(self, model: DiT, classifier: DigitClassifier, args: argparse.Namespace,
-                 window: WindowSpec, raw_phase: tuple[int, int]) -> None:
-        self.model, self.classifier, self.args, self.window = model, classifier, args, window
-        self.labels, self.noise = evaluation_set(model, args.eval_samples, args.seed)
-        self.raw = self.draw(None, *raw_phase, "raw samples").images
-
-    def draw(self, grid: Grid | None, phase: int, phases: int, label: str) -> Samples:
-        total = -(-len(self.labels) // BATCH) * self.args.steps
-        return draw(self.model, self.labels, self.noise, grid, self.args.steps, self.args.cfg, self.window,
-                    Progress(phase, phases, label, total))
-
-    def row(self, name: str, samples: Samples, search: SearchOutcome | None = None) -> Row:
-        images = samples.images
-        return Row(name, samples.flops_fraction, self.classifier.fid(images),
-                   self.classifier.class_accuracy(images, self.labels), rel_l1(self.raw, images),
-                   None if search is None else search.generations, None if search is None else search.seconds)
-
-    def raw_row(self) -> Row:
-        return self.row("raw", Samples(self.raw, 1.0, 0))
+def write_json(path: Path, payload: dict) -> None:
+    """Write atomically (a temporary name, then a rename): an interrupted sweep leaves the last rows."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
 
 
 # -- commands ------------------------------------------------------------------------------------------
@@ -281,14 +216,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print("\n".join([f"plan: {out} and {out.with_suffix('.png')}", plan.summary(), *caption(plan)[1:]]),
           flush=True)
     if args.eval_samples:
-        ev = Evaluator(model, classifier, args, window, (2, phases))
-        found = ev.draw(plan.grid, 3, phases, "plan samples")
+        evalset = EvalSet(args.eval_samples, args.steps, args.cfg, args.seed)
+        ev = PairedEvaluator(model, classifier, evalset, window, phase_progress(2, phases))
+        found = ev.sample("plan samples", plan.grid)
         metrics = Progress(4, phases, "metrics", 2)
-        rows = [ev.raw_row()]
+        rows = [ev.row("raw")]
         metrics(1)
-        rows.append(ev.row(f"{args.mode} delta={args.delta:g}", found, outcome))
+        rows.append(ev.score(f"{args.mode} delta={args.delta:g}", found, search_cost=outcome.generations,
+                             search_seconds=outcome.seconds))
         metrics(2)
-        print(table(rows))
+        print(markdown(rows, real_floor()))
     return 0
 
 
@@ -305,9 +242,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if plan.calibration is not None:
             w = plan.calibration.window
             window = WindowSpec(w.kind, w.fraction, w.radius)
-    labels, noise = evaluation_set(model, 10 * args.per_class, args.seed)
-    progress = Progress(1, 1, "samples", -(-len(labels) // BATCH) * args.steps)
-    samples = draw(model, labels, noise, grid, args.steps, args.cfg, window, progress)
+    evalset = EvalSet(10 * args.per_class, args.steps, args.cfg, args.seed)
+    total = -(-evalset.n // BATCH) * args.steps
+    samples = sample_set(model, evalset, grid, window=window, progress=Progress(1, 1, "samples", total))
+    labels = evalset.labels
     png = write_samples(samples.images, labels, Path(args.out))
     print(f"samples: {args.out} ({len(labels)} images, attention FLOPs {100 * samples.flops_fraction:.1f}% "
           f"of full) and {png}")
@@ -317,27 +255,29 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_table(args: argparse.Namespace) -> int:
     model, classifier = load_reference()
     window = WindowSpec(args.window, args.fraction)
-    configs = [(mode, name) for mode in args.modes
-               for name in (args.greedy_levels if mode == "greedy" else args.levels)]
-    phases = 1 + 2 * len(configs)
-    ev = Evaluator(model, classifier, args, window, (1, phases))
-    labels = torch.arange(args.calib_samples) % 10
-    rows = [ev.raw_row()]
-    print(table(rows), flush=True)
-    for i, (mode, name) in enumerate(configs):
-        delta = D_LEVELS[name]
-        outcome = calibrate(model, labels, mode=mode, delta=delta, steps=args.steps, cfg=args.cfg,
-                            seed=args.seed + 1, window=window,
-                            progress=Progress(2 + 2 * i, phases, f"{mode} {name}", args.steps))
-        found = ev.draw(outcome.grid, 3 + 2 * i, phases, "samples")
-        rows.append(ev.row(f"{mode} {name} (delta {delta:.3f})", found, outcome))
-        print(table(rows[-1:], header=False), flush=True)
-    print(table(rows))
-    if args.json:
-        payload = {"settings": {k: v for k, v in vars(args).items() if k not in ("func", "parser")},
-                   "torch": torch.__version__, "threads": torch.get_num_threads(),
-                   "rows": [r.__dict__ for r in rows]}
-        Path(args.json).write_text(json.dumps(payload, indent=2))
+    evalset = EvalSet(args.eval_samples, args.steps, args.cfg, args.seed)
+    fast = args.levels if "fast" in args.modes else []
+    greedy = args.greedy_levels if "greedy" in args.modes else []
+    phases = 1 + 2 * (len(fast) + len(greedy)) + len(ALONE) * (args.alone is not None)
+    progress = phase_progress(1, phases)
+    ev = PairedEvaluator(model, classifier, evalset, window, progress)
+    calib = Calib(args.calib_samples, args.steps, args.cfg, args.seed + 1, window)
+    started = time.perf_counter()
+    rows: list[Row] = []
+
+    def report(row: Row) -> None:
+        rows.append(row)
+        print(markdown([row], header=not rows[:-1]), flush=True)
+        if args.json:
+            payload = {"settings": {k: v for k, v in vars(args).items() if k not in ("func", "parser")},
+                       "machine": machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                       "seconds": time.perf_counter() - started, "floor": real_floor(),
+                       "rows": as_json(rows)}
+            write_json(Path(args.json), payload)
+
+    table1(model, ev, calib, fast_levels=fast, greedy_levels=greedy, alone_target=args.alone,
+           progress=progress, report=report)
+    print(markdown(rows, real_floor()))
     return 0
 
 
@@ -393,13 +333,17 @@ def parser() -> Parser:
     s.set_defaults(func=cmd_sample)
     t = sub.add_parser("table", parents=[sampling_options(steps), search_options()],
                        help="paper Table 1 in miniature: D1-D6, both searches")
-    t.add_argument("--eval-samples", type=integer(1, 20_000), default=200,
-                   help="images per configuration, 1-20000 (default 200)")
+    t.add_argument("--eval-samples", type=integer(2, 20_000), default=1000,
+                   help="images per configuration, 2-20000 (default 1000, the same labels and noise for all)")
     t.add_argument("--modes", nargs="+", choices=["fast", "greedy"], default=["fast", "greedy"])
     t.add_argument("--levels", nargs="+", choices=list(D_LEVELS), default=list(D_LEVELS),
                    help="delta levels for the fast search (default D1-D6)")
-    t.add_argument("--greedy-levels", nargs="+", choices=list(D_LEVELS), default=list(D_LEVELS),
-                   help="delta levels for greedy, which costs about 4 x layers model evaluations per step")
+    t.add_argument("--greedy-levels", nargs="+", choices=list(D_LEVELS), default=["D2", "D4", "D6"],
+                   help="delta levels for greedy, which costs about 4 x layers model evaluations per step "
+                        "(default D2 D4 D6)")
+    t.add_argument("--alone", type=number(0, 1, low_open=True), default=0.6,
+                   help="attention FLOPs share at which each technique alone (WA-RS, AST, ASC) is measured, "
+                        "in (0, 1] (default 0.6)")
     t.add_argument("--json", help="also write the rows and settings here (.json)")
     t.set_defaults(func=cmd_table)
     for sp in (c, s, t):
@@ -416,6 +360,8 @@ def check_args(args: argparse.Namespace) -> None:
         sys.exit("ditfa: error: writing the PNG needs Pillow: pip install pillow")
     if args.command == "calibrate":
         check_output(args.parser, "--out", Path(args.out), ".json")
+        if args.eval_samples == 1:
+            args.parser.error("argument --eval-samples: must be 0 (skip) or at least 2 (FID needs 2 images)")
     elif args.command == "sample":
         check_output(args.parser, "--out", Path(args.out), ".npz")
         if not Path(args.plan or ".").exists():

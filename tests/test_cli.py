@@ -18,6 +18,7 @@ from ditfa_core import cli
 from ditfa_core.plan import Cost, Plan
 from ditfa_core.reference import DiT, DiTConfig, load_classifier, weights_available
 from ditfa_core.reference.images import grid_image, to_uint8
+from ditfa_core.reference.quality import EvalSet, sample_set
 from ditfa_core.strategies import Strategy
 
 needs_weights = pytest.mark.skipif(not weights_available(), reason="reference weights not in this checkout")
@@ -39,7 +40,8 @@ BAD_INPUTS = [
     (["sample", "--per-class", "0", "--out", "s.npz"], "--per-class", "[1, 1000]"),
     (["sample", "--per-class", "2", "--out", "s.png"], "--out", ".npz"),
     (["sample", "--per-class", "2", "--out", "s.npz", "--plan", "nope.json"], "--plan", "no such file"),
-    (["table", "--eval-samples", "0"], "--eval-samples", "[1, 20000]"),
+    (["table", "--eval-samples", "1"], "--eval-samples", "[2, 20000]"),
+    (["calibrate", "--eval-samples", "1"], "--eval-samples", "at least 2"),
 ]
 
 
@@ -98,16 +100,11 @@ def random_reference(monkeypatch) -> DiT:
     return model
 
 
-def test_batches_do_not_change_images(monkeypatch):
+def test_batches_do_not_change_images():
     model = DiT(dataclasses.replace(DiTConfig.preset("mnist"), depth=1, zero_init=False)).eval()
-    labels, noise = cli.evaluation_set(model, 5, seed=3)
-    def run(total: int) -> cli.Samples:
-        quiet = cli.Progress(1, 1, "x", total, io.StringIO())
-        return cli.draw(model, labels, noise, None, 2, 4.0, cli.WindowSpec(), quiet)
-
-    whole = run(2)
-    monkeypatch.setattr(cli, "BATCH", 2)
-    split = run(6)
+    evalset = EvalSet(5, steps=2, seed=3)
+    whole = sample_set(model, evalset)
+    split = sample_set(model, evalset, batch=2)
     torch.testing.assert_close(whole.images, split.images, rtol=1e-5, atol=1e-5)
 
 

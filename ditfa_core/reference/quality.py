@@ -21,41 +21,42 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..heatmap import COST_UNIT
 from ..metrics import rel_l1
 from ..schedule import Grid
 from ..windows import WindowSpec
 from .classifier import NOT_A_DIGIT, NUM_DIGITS, DigitClassifier, FeatureStats, frechet_distance
 from .fastattn import generate
 from .model import DiT
+from .sampling import initial_noise
 
 Progress = Callable[[int, int], None]
+BATCH = 100
+"""Images per sampling batch: bounds memory for any set size; the images do not depend on it."""
 
 
 @dataclass(frozen=True)
 class EvalSet:
-    """What every configuration of one comparison samples: ``n`` images, labels cycling 0-9, drawn in
-    batches of ``batch`` whose initial noise is seeded ``seed + batch index`` (so any subset of batches
-    can be regenerated, and every configuration sees the same noise)."""
+    """What every configuration of one comparison samples: ``n`` images, labels cycling 0-9, and one
+    initial noise tensor drawn from ``seed`` for the whole set, so every configuration (and any batch
+    size) starts each image from the same noise."""
 
     n: int
     steps: int = 20
     cfg: float = 4.0
     seed: int = 0
-    batch: int = 100
 
     def __post_init__(self) -> None:
-        if self.n < 2 or self.batch < 1 or self.steps < 1:
-            raise ValueError(f"an evaluation set needs n >= 2, batch >= 1, steps >= 1; got {self}")
+        if self.n < 1 or self.steps < 1:
+            raise ValueError(f"an evaluation set needs n >= 1 and steps >= 1; got {self}")
 
     @property
     def labels(self) -> Tensor:
         return torch.arange(self.n) % NUM_DIGITS
 
-    def batches(self) -> list[tuple[int, Tensor]]:
-        """(seed, labels) of each batch."""
-        labels = self.labels
-        return [(self.seed + i, labels[start:start + self.batch])
-                for i, start in enumerate(range(0, self.n, self.batch))]
+    def noise(self, model: DiT) -> Tensor:
+        size = (model.config.image_size,) * 2
+        return initial_noise(self.n, model.config.in_channels, size, self.seed)
 
 
 @dataclass
@@ -68,17 +69,22 @@ class Samples:
 
 
 def sample_set(model: DiT, evalset: EvalSet, grid: Grid | None = None, *, window: WindowSpec | None = None,
-               progress: Progress | None = None) -> Samples:
-    """Sample ``evalset`` with ``grid`` (None: uncompressed); ``progress(done, n)`` after each batch."""
-    images, flops, fallbacks = [], [], 0
-    for seed, labels in evalset.batches():
-        run = generate(model, labels, grid, steps=evalset.steps, cfg=evalset.cfg, seed=seed, window=window)
-        images.append(run.images.cpu())
-        flops.append(run.stats.flops_fraction * len(labels))
-        fallbacks += run.stats.fallbacks
-        if progress is not None:
-            progress(sum(len(x) for x in images), evalset.n)
-    return Samples(torch.cat(images), sum(flops) / evalset.n, fallbacks)
+               progress: Progress | None = None, batch: int = BATCH) -> Samples:
+    """Sample ``evalset`` with ``grid`` (None: uncompressed) in batches of ``batch`` images;
+    ``progress(done, total)`` counts sampling steps over all batches."""
+    labels, noise = evalset.labels, evalset.noise(model)
+    starts = range(0, evalset.n, batch)
+    total = len(starts) * evalset.steps
+    runs = []
+    for b, start in enumerate(starts):
+        step_progress = None if progress is None else (
+            lambda done, _steps, b=b: progress(b * evalset.steps + done, total))
+        runs.append(generate(model, labels[start:start + batch], grid, steps=evalset.steps, cfg=evalset.cfg,
+                             window=window, noise=noise[start:start + batch], progress=step_progress))
+    full = sum(r.stats.full_flops for r in runs)
+    return Samples(torch.cat([r.images.cpu() for r in runs]),
+                   sum(r.stats.flops for r in runs) / full if full else 1.0,
+                   sum(r.stats.fallbacks for r in runs))
 
 
 @dataclass
@@ -176,8 +182,8 @@ class Row:
     search_seconds: float | None = None
 
 
-HEADER = ["config", "attn FLOPs", "class acc [95% CI]", "Δ acc vs raw [95% CI]", "not a digit",
-          "FID", "Δ FID vs raw [95% CI]", "rel-L1 vs raw", "search cost (forwards/eval)", "search (s)"]
+HEADER = ["config", "attention FLOPs", "class accuracy [95% CI]", "Δ accuracy vs raw [95% CI]", "not a digit",
+          "FID", "Δ FID vs raw [95% CI]", "rel-L1 vs raw", f"search cost ({COST_UNIT})", "search time (s)"]
 
 
 def cells(row: Row) -> list[str]:
@@ -189,9 +195,9 @@ def cells(row: Row) -> list[str]:
             c.fid_delta.format(1, 2, signed=True), f"{c.rel_l1:.4f}", cost, seconds]
 
 
-def markdown(rows: Sequence[Row], floor: dict[str, float] | None = None) -> str:
+def markdown(rows: Sequence[Row], floor: dict[str, float] | None = None, header: bool = True) -> str:
     """The table as markdown; ``floor`` (``real_floor()``) adds what real held-out digits score."""
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)] if header else []
     lines += ["| " + " | ".join(cells(r)) + " |" for r in rows]
     if floor:
         real = [f"real digits (held-out, n={int(floor['n'])})", "-", f"{100 * floor['accuracy']:.1f}%", "-",
@@ -201,7 +207,10 @@ def markdown(rows: Sequence[Row], floor: dict[str, float] | None = None) -> str:
 
 
 class PairedEvaluator:
-    """Samples the uncompressed model once, then scores configurations against it, paired."""
+    """Samples the uncompressed model once, then scores configurations against it, paired.
+
+    ``progress(label)`` makes the progress callback of each sampling phase (e.g. the CLI's lines).
+    """
 
     def __init__(self, model: DiT, classifier: DigitClassifier, evalset: EvalSet,
                  window: WindowSpec | None = None, progress: Callable[[str], Progress] | None = None,
@@ -210,17 +219,23 @@ class PairedEvaluator:
             raise ValueError("the classifier has no real-digit statistics; load it with load_classifier()")
         self.model, self.classifier, self.evalset, self.window = model, classifier, evalset, window
         self.progress, self.resamples = progress, resamples
-        self.raw_samples = self._sample("raw", None)
+        self.raw_samples = self.sample("raw samples", None)
         self.raw = Scores.of(classifier, self.raw_samples.images, evalset.labels)
 
-    def _sample(self, name: str, grid: Grid | None) -> Samples:
-        bar = self.progress(f"sample {name}") if self.progress else None
+    def sample(self, label: str, grid: Grid | None) -> Samples:
+        bar = self.progress(label) if self.progress else None
         return sample_set(self.model, self.evalset, grid, window=self.window, progress=bar)
 
     def row(self, name: str, grid: Grid | None = None, *, search_cost: float | None = None,
             search_seconds: float | None = None) -> Row:
-        samples = self.raw_samples if grid is None else self._sample(name, grid)
-        scores = self.raw if grid is None else Scores.of(self.classifier, samples.images, self.evalset.labels)
+        """Sample ``grid`` (None: the raw row) and score it against the raw samples."""
+        samples = self.raw_samples if grid is None else self.sample(f"{name} samples", grid)
+        return self.score(name, samples, search_cost=search_cost, search_seconds=search_seconds)
+
+    def score(self, name: str, samples: Samples, *, search_cost: float | None = None,
+              search_seconds: float | None = None) -> Row:
+        """Score already drawn samples of this evaluation set."""
+        scores = Scores.of(self.classifier, samples.images, self.evalset.labels)
         comparison = compare(self.raw, scores, self.classifier.real_stats,
                              rel_l1_value=rel_l1(self.raw_samples.images, samples.images),
                              resamples=self.resamples)

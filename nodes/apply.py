@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,7 @@ from ..ditfa_core.schedule import Schedule
 from ..ditfa_core.windows import WindowSpec
 from .families import Family, detect
 from .plan_type import CATEGORY, DitfaPlan
-from .run import Attend, Override
+from .run import Override, RunParts
 from .wrappers import install
 
 log = logging.getLogger(__name__)
@@ -47,7 +46,7 @@ class ApplySetup:
         return self
 
     def begin(self, diffusion_model: torch.nn.Module, latent_shape: tuple[int, ...],
-              total_steps: int) -> tuple[Attend, Callable[[], None], int | None]:
+              total_steps: int) -> RunParts:
         """The run's engine, with the plan resampled to this run's step count (a plan calibrated at
         50 steps runs at 20); strict mode refuses a run at another image grid than the plan's."""
         grid = self.family.grid(diffusion_model, latent_shape)
@@ -60,9 +59,9 @@ class ApplySetup:
         if total_steps != self.plan.steps:
             log.info("DiTFastAttn: plan of %d steps mapped onto a run of %d steps",
                      self.plan.steps, total_steps)
-        engine = FastAttention(Schedule(self.plan.resampled(total_steps)), self.window,
-                               cache_device=self.cache_device)
-        return engine, engine.close, self.plan.model.num_heads
+        schedule = Schedule(self.plan.resampled(total_steps))
+        engine = FastAttention(schedule, self.window, cache_device=self.cache_device)
+        return RunParts(engine, engine.close, self.plan.model.num_heads, schedule.shares_cfg_at)
 
 
 def resolve_window(plan: Plan, kind: str, fraction: float, strict: bool) -> WindowSpec:

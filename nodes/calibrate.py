@@ -13,7 +13,6 @@ import datetime
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +28,7 @@ from ..ditfa_core.search import SEARCHES, PlanSearch, make_search
 from ..ditfa_core.windows import TokenLayout, WindowSpec
 from .families import Family, Grid, detect
 from .plan_type import CATEGORY, DitfaPlan
-from .run import RUN_KEY, SETUP_KEY, Attend, Override
+from .run import RUN_KEY, SETUP_KEY, Override, RunParts
 from .steps import step_for_sigma
 from .wrappers import WRAPPER_KEY, install
 
@@ -56,11 +55,11 @@ class CalibrateSetup:
         return self
 
     def begin(self, diffusion_model: torch.nn.Module, latent_shape: tuple[int, ...],
-              total_steps: int) -> tuple[Attend, Callable[[], None], int | None]:
+              total_steps: int) -> RunParts:
         _, self.n_layers = self.family.layer_bases(diffusion_model)
         self.grid = self.family.grid(diffusion_model, latent_shape)
         self.search = make_search(self.mode, total_steps, self.n_layers, self.delta, self.window)
-        return self._attend, lambda: None, None
+        return RunParts(self._attend, lambda: None)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: CallContext,
                 dense: DenseFn | None) -> torch.Tensor:

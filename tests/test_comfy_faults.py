@@ -42,8 +42,8 @@ def apply_rows(pack: ModuleType, patcher: Any, rows: list[str], heads: int = 2, 
     family = mod(pack, "nodes.families").detect(patcher)
     _, n = family.layer_bases(patcher.model.diffusion_model)
     info = plan.ModelInfo(family.name, n, heads, 1)
-    return mod(pack, "nodes.apply").apply_plan(patcher, plan.Plan(info, [[s] * n for s in rows], plan.Cost(1.0)),
-                                               **kwargs)
+    grid = [[s] * n for s in rows]
+    return mod(pack, "nodes.apply").apply_plan(patcher, plan.Plan(info, grid, plan.Cost(1.0)), **kwargs)
 
 
 def short_memory(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -130,7 +130,8 @@ def context_windows(patcher: Any, length: int = 2) -> Any:
     return ContextWindowsManualNode.execute(**{k: v for k, v in wanted.items() if k in params})[0]
 
 
-@pytest.mark.parametrize("rows", [["FULL", "AST", "AST", "AST", "AST"], ["FULL", "WA_RS", "AST", "FULL", "ASC"]])
+@pytest.mark.parametrize("rows", [["FULL", "AST", "AST", "AST", "AST"],
+                                  ["FULL", "WA_RS", "AST", "FULL", "ASC"]])
 def test_each_context_window_equals_that_window_sampled_alone(
     pack: ModuleType, engines: list[Any], rows: list[str]
 ) -> None:

@@ -20,7 +20,7 @@ import torch
 from comfy_api.latest import io
 
 from ..ditfa_core import __version__
-from ..ditfa_core.context import CallContext
+from ..ditfa_core.context import CallContext, Role
 from ..ditfa_core.engine import DenseFn
 from ..ditfa_core.flops import pattern_pair_fraction
 from ..ditfa_core.plan import Calibration, Cost, ModelInfo, Plan, WindowSetting
@@ -49,6 +49,7 @@ class CalibrateSetup:
     grid: Grid | None = None
     heads: int | None = None
     widest: TokenLayout | None = None
+    first_cond: TokenLayout | None = None   # what Apply's strict check compares a run with
     n_layers: int = 0
 
     def __deepcopy__(self, memo: dict[int, Any]) -> CalibrateSetup:
@@ -66,6 +67,8 @@ class CalibrateSetup:
         self.heads = q.shape[1]
         if self.widest is None or ctx.layout.n_tokens > self.widest.n_tokens:
             self.widest = ctx.layout
+        if self.first_cond is None and any(c.role is Role.COND for c in ctx.chunks):
+            self.first_cond = ctx.layout
         if self.search is None:
             raise RuntimeError("DiTFastAttn Calibrate: attention call before the search started")
         return self.search.attention(q, k, v, ctx, dense)
@@ -95,13 +98,14 @@ def build_plan(setup: CalibrateSetup, *, sampler: str, scheduler: str, cfg: floa
                latent_shape: tuple[int, ...]) -> Plan:
     """The plan the finished search found, with what it was calibrated on and its cost."""
     search = setup.search
-    if search is None or setup.heads is None or setup.grid is None or setup.widest is None:
+    if (search is None or setup.heads is None or setup.grid is None or setup.widest is None
+            or setup.first_cond is None):
         raise RuntimeError(f"DiTFastAttn Calibrate: no attention call of the {setup.family.name} model "
                            "reached the search; nothing was calibrated")
     grid = search.grid()
     window = setup.window
     info = ModelInfo(setup.family.name, setup.n_layers, setup.heads, math.prod(setup.grid),
-                     setup.widest.n_global, setup.grid)
+                     setup.first_cond.n_global, setup.grid)
     calibration = Calibration(
         steps=len(grid), sampler=sampler, scheduler=scheduler, cfg=float(cfg), delta=setup.delta,
         window=WindowSetting(window.kind, window.fraction, window.radius), search=setup.mode,

@@ -19,7 +19,7 @@ import torch
 
 from ..ditfa_core.context import CallContext, Chunk, Role
 from ..ditfa_core.engine import DenseFn
-from ..ditfa_core.plan import PlanError
+from ..ditfa_core.windows import TokenLayout
 from .families import Family, Grid
 from .steps import chunk_roles, step_for_sigma
 
@@ -41,13 +41,14 @@ def _always(_step: int) -> bool:
 
 @dataclass(frozen=True)
 class RunParts:
-    """What a node's setup hands a new run: the attention function, its cleanup, the head count the
-    plan expects (None: any), and whether a step shares attention across CFG branches (then the
-    conditional forwards of an evaluation run before the unconditional ones)."""
+    """What a node's setup hands a new run: the attention function, its cleanup, a check of the
+    plan against the heads and token layout of the run's first conditional attention call (raises
+    PlanError), and whether a step shares attention across CFG branches (then the conditional
+    forwards of an evaluation run before the unconditional ones)."""
 
     attend: Attend
     close: Callable[[], None]
-    expected_heads: int | None = None
+    check: Callable[[int, TokenLayout], None] | None = None
     shares_cfg: Callable[[int], bool] = _always
 
 
@@ -103,8 +104,7 @@ class Run:
         self.roles = dict(roles) if roles else None
         self.prev = prev
         self.inner = prev
-        self.expected_heads = parts.expected_heads
-        self.heads: int | None = None
+        self.check = parts.check
         self.busy = False           # inside our dense call: a re-entrant call is the dense kernel's
         self.evaluations = 0
         self.areas: dict[Hashable, Hashable] = {}   # cond uuid -> its area, for this evaluation
@@ -216,10 +216,8 @@ class Run:
             self.say_once(("layout", q.shape[2], fwd.grid), "%s: a call of %d tokens does not fit image grid "
                           "%s; such calls stay dense", self.family.name, q.shape[2], fwd.grid)
             return None
-        if self.heads is None:
-            self.heads = q.shape[1]
-            if self.expected_heads is not None and self.heads != self.expected_heads:
-                raise PlanError(f"plan does not fit the model: heads: plan has {self.expected_heads}, "
-                                f"model has {self.heads}")
+        if self.check is not None and any(c.role is Role.COND for c in fwd.chunks):
+            check, self.check = self.check, None
+            check(q.shape[1], layout)
         ctx = CallContext(layer, fwd.step, fwd.chunks, layout, fwd.eval_key)
         return self.attend(q, k, v, ctx, dense)

@@ -43,6 +43,7 @@ def apply_rows(pack: ModuleType, patcher: Any, rows: list[str], heads: int = 2, 
     _, n = family.layer_bases(patcher.model.diffusion_model)
     info = plan.ModelInfo(family.name, n, heads, 1)
     grid = [[s] * n for s in rows]
+    kwargs.setdefault("mode", "adapt")   # the plan records no token layout
     return mod(pack, "nodes.apply").apply_plan(patcher, plan.Plan(info, grid, plan.Cost(1.0)), **kwargs)
 
 
@@ -150,3 +151,43 @@ def test_each_context_window_equals_that_window_sampled_alone(
     assert engines[-1].stats.fallbacks == 0
     for part in (slice(0, 2), slice(2, 4)):
         torch.testing.assert_close(whole[:, :, part], go(patched, part), rtol=1e-5, atol=1e-6)
+
+
+# -- 4. strict mode checks everything it promises ------------------------------------------------------
+
+
+def flux_plan(pack: ModuleType, tiny: TinyModel, **model: Any) -> Any:
+    """An all-FULL plan for tiny Flux whose model info is exact unless overridden in ``model``."""
+    plan = mod(pack, "ditfa_core.plan")
+    info = dict(family="flux", num_layers=4, num_heads=2, n_image_tokens=24, n_text_tokens=6, grid=(1, 4, 6))
+    info.update(model)
+    return plan.Plan(plan.ModelInfo(**info), [["FULL"] * 4] * 3, plan.Cost(1.0))
+
+
+def test_apply_refuses_other_heads_before_sampling(pack: ModuleType) -> None:
+    tiny = make_model("flux")
+    apply_plan = mod(pack, "nodes.apply").apply_plan
+    for mode in ("strict", "adapt"):
+        with pytest.raises(mod(pack, "ditfa_core.plan").PlanError, match="heads: plan has 4, model has 2") as e:
+            apply_plan(tiny.patcher, flux_plan(pack, tiny, num_heads=4), mode=mode)
+        assert "strict" not in str(e.value) or mode == "strict"
+
+
+def test_strict_lists_every_layout_difference_adapt_runs(pack: ModuleType) -> None:
+    tiny = make_model("flux")
+    apply_plan = mod(pack, "nodes.apply").apply_plan
+    ref = tiny.sample(steps=3)
+    assert torch.equal(sample(apply_plan(tiny.patcher, flux_plan(pack, tiny)), tiny.latent, tiny.positive,
+                              tiny.negative, steps=3), ref)
+    other_text = flux_plan(pack, tiny, n_text_tokens=9)
+    with pytest.raises(mod(pack, "ditfa_core.plan").PlanError, match=r"n_text_tokens: plan has 9, model has 6"):
+        sample(apply_plan(tiny.patcher, other_text), tiny.latent, tiny.positive, tiny.negative, steps=3)
+    other_all = flux_plan(pack, tiny, n_text_tokens=9, n_image_tokens=48, grid=(1, 6, 8))
+    with pytest.raises(mod(pack, "ditfa_core.plan").PlanError) as err:
+        sample(apply_plan(tiny.patcher, other_all), tiny.latent, tiny.positive, tiny.negative, steps=3)
+    for part in ("n_image_tokens: plan has 48, model has 24", "n_text_tokens: plan has 9, model has 6",
+                 "grid: plan has (1, 6, 8), model has (1, 4, 6)", "adapt"):
+        assert part in str(err.value)
+    out = sample(apply_plan(tiny.patcher, other_all, mode="adapt"), tiny.latent, tiny.positive, tiny.negative,
+                 steps=3)
+    assert torch.equal(out, ref)

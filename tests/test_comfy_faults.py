@@ -168,7 +168,8 @@ def test_apply_refuses_other_heads_before_sampling(pack: ModuleType) -> None:
     tiny = make_model("flux")
     apply_plan = mod(pack, "nodes.apply").apply_plan
     for mode in ("strict", "adapt"):
-        with pytest.raises(mod(pack, "ditfa_core.plan").PlanError, match="heads: plan has 4, model has 2") as e:
+        plan_error = mod(pack, "ditfa_core.plan").PlanError
+        with pytest.raises(plan_error, match="heads: plan has 4, model has 2") as e:
             apply_plan(tiny.patcher, flux_plan(pack, tiny, num_heads=4), mode=mode)
         assert "strict" not in str(e.value) or mode == "strict"
 
@@ -180,10 +181,11 @@ def test_strict_lists_every_layout_difference_adapt_runs(pack: ModuleType) -> No
     assert torch.equal(sample(apply_plan(tiny.patcher, flux_plan(pack, tiny)), tiny.latent, tiny.positive,
                               tiny.negative, steps=3), ref)
     other_text = flux_plan(pack, tiny, n_text_tokens=9)
-    with pytest.raises(mod(pack, "ditfa_core.plan").PlanError, match=r"n_text_tokens: plan has 9, model has 6"):
+    plan_error = mod(pack, "ditfa_core.plan").PlanError
+    with pytest.raises(plan_error, match=r"n_text_tokens: plan has 9, model has 6"):
         sample(apply_plan(tiny.patcher, other_text), tiny.latent, tiny.positive, tiny.negative, steps=3)
     other_all = flux_plan(pack, tiny, n_text_tokens=9, n_image_tokens=48, grid=(1, 6, 8))
-    with pytest.raises(mod(pack, "ditfa_core.plan").PlanError) as err:
+    with pytest.raises(plan_error) as err:
         sample(apply_plan(tiny.patcher, other_all), tiny.latent, tiny.positive, tiny.negative, steps=3)
     for part in ("n_image_tokens: plan has 48, model has 24", "n_text_tokens: plan has 9, model has 6",
                  "grid: plan has (1, 6, 8), model has (1, 4, 6)", "adapt"):

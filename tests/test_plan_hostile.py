@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import plan_corpus
+
 from ditfa_core import plan as plan_module
 from ditfa_core.plan import MAX_CELLS, Plan, PlanError
 
@@ -62,7 +63,7 @@ def test_the_largest_accepted_plan_reads_in_bounded_memory() -> None:
     """MAX_CELLS cells (25 steps x 10,000 layers) is accepted; the reader's peak allocation stays under
     64 MiB (the 1000 x 1000 grid it replaced took ~80 MB before being accepted)."""
     text = plan_corpus.big_grid_text(25, 10_000)
-    assert 25 * 10_000 == MAX_CELLS
+    assert MAX_CELLS == 25 * 10_000
     tracemalloc.start()
     try:
         plan = Plan.from_json(text)

@@ -241,3 +241,45 @@ def test_save_prefix_is_one_plain_name(pack: ModuleType, plans_dir: Path, prefix
     with pytest.raises(mod(pack, "ditfa_core.plan").PlanError, match="filename prefix"):
         mod(pack, "nodes.plan_nodes").DiTFastAttnSavePlan.execute(plan=plan, filename_prefix=prefix)
     assert not any(plans_dir.parent.rglob("*.json"))
+
+
+# -- 6. torch.compile: the engine's bookkeeping is never traced ----------------------------------------
+
+
+@pytest.mark.slow
+def test_torch_compile_does_not_recompile_per_step_or_run(pack: ModuleType, engines: list[Any]) -> None:
+    """The host's compile wrapper (backend eager: dynamo's guards without inductor's codegen): a 6-step
+    run with every strategy must not hit the recompile limit (a guard on the engine's float FLOPs
+    counter did, and step-dependent engine state), a second run compiles nothing new, and the engine
+    still counts its work."""
+    import logging
+
+    import torch._dynamo
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+    from torch._dynamo.utils import counters
+
+    warnings: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            warnings.append(record.getMessage())
+
+    torch._dynamo.reset()
+    counters.clear()
+    tiny = make_model("flux")
+    model = apply_rows(pack, tiny.patcher, ["FULL", "WA_RS_ASC", "AST", "WA_RS", "ASC", "FULL"]).clone()
+    set_torch_compile_wrapper(model=model, backend="eager")
+    handler = Catch(logging.WARNING)
+    logging.getLogger("torch._dynamo").addHandler(handler)
+    try:
+        first = sample(model, tiny.latent, tiny.positive, tiny.negative, steps=6)
+        graphs = counters["stats"]["unique_graphs"]
+        again = sample(model, tiny.latent, tiny.positive, tiny.negative, steps=6)
+    finally:
+        logging.getLogger("torch._dynamo").removeHandler(handler)
+        torch._dynamo.reset()
+    assert not [w for w in warnings if "recompile_limit" in w or "cache_size_limit" in w], warnings
+    assert counters["stats"]["unique_graphs"] == graphs, "the second run recompiled"
+    assert torch.equal(first, again)
+    stats = engines[-1].stats
+    assert stats.calls > 0 and stats.chunks["share"] > 0 and stats.chunks["window"] > 0, stats

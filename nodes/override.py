@@ -34,9 +34,11 @@ def from_bhnd(x: torch.Tensor, bhnd: bool) -> torch.Tensor:
     return x if bhnd else x.transpose(1, 2).flatten(2)
 
 
+@torch.compiler.disable
 def attention_override(func: Any, *args: Any, **kwargs: Any) -> Any:
     """The function installed in the override slot; a module-level function, so that ModelPatcher
-    clones (which deep-copy model options) keep it by identity."""
+    clones (which deep-copy model options) keep it by identity. Excluded from torch.compile: see
+    ``Run.attention`` (its per-call bookkeeping, the block's call counter, is mutable state too)."""
     to = kwargs.get("transformer_options")
     run: Run | None = to.get(RUN_KEY) if isinstance(to, dict) else None
     if run is None:

@@ -258,7 +258,8 @@ def cmd_table(args: argparse.Namespace) -> int:
     evalset = EvalSet(args.eval_samples, args.steps, args.cfg, args.seed)
     fast = args.levels if "fast" in args.modes else []
     greedy = args.greedy_levels if "greedy" in args.modes else []
-    phases = 1 + 2 * (len(fast) + len(greedy)) + len(ALONE) * (args.alone is not None)
+    alone = args.alone or None
+    phases = 1 + 2 * (len(fast) + len(greedy)) + len(ALONE) * (alone is not None)
     progress = phase_progress(1, phases)
     ev = PairedEvaluator(model, classifier, evalset, window, progress)
     calib = Calib(args.calib_samples, args.steps, args.cfg, args.seed + 1, window)
@@ -275,7 +276,7 @@ def cmd_table(args: argparse.Namespace) -> int:
                        "rows": as_json(rows)}
             write_json(Path(args.json), payload)
 
-    table1(model, ev, calib, fast_levels=fast, greedy_levels=greedy, alone_target=args.alone,
+    table1(model, ev, calib, fast_levels=fast, greedy_levels=greedy, alone_target=alone,
            progress=progress, report=report)
     print(markdown(rows, real_floor()))
     return 0
@@ -341,9 +342,9 @@ def parser() -> Parser:
     t.add_argument("--greedy-levels", nargs="+", choices=list(D_LEVELS), default=["D2", "D4", "D6"],
                    help="delta levels for greedy, which costs about 4 x layers model evaluations per step "
                         "(default D2 D4 D6)")
-    t.add_argument("--alone", type=number(0, 1, low_open=True), default=0.6,
+    t.add_argument("--alone", type=number(0, 1), default=0.6,
                    help="attention FLOPs share at which each technique alone (WA-RS, AST, ASC) is measured, "
-                        "in (0, 1] (default 0.6)")
+                        "in [0, 1] (default 0.6; 0 leaves those rows out)")
     t.add_argument("--json", help="also write the rows and settings here (.json)")
     t.set_defaults(func=cmd_table)
     for sp in (c, s, t):

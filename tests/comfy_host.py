@@ -6,9 +6,15 @@ then the ComfyUI tree that holds this repo under ``custom_nodes/`` (the normal i
 
 Headless bootstrap (see the hooks reference, section 6):
 
-* ``torchvision`` is imported at module level by ``comfy.model_base`` (Cosmos) and ``nodes`` (Cascade), but
-  the PyPI wheel matching a CPU torch is a CUDA build that fails to load, so a stub module is installed.
-  It needs a real ``ModuleSpec`` because ``transformers`` calls ``importlib.util.find_spec`` on it.
+* ``torchvision`` is imported at module level by ``comfy.model_base`` (Cosmos) and ``nodes`` (Cascade), and
+  ComfyUI 0.33 also imports ``torchvision.ops`` (SAM 3, BiRefNet). The PyPI wheel matching a CPU torch is a
+  CUDA build whose C++ extension fails to load, so it is imported with that extension kept from loading
+  (its Python parts work); where no torchvision is installed at all, a stub module is installed instead.
+  The stub needs a real ``ModuleSpec`` because ``transformers`` calls ``importlib.util.find_spec`` on it.
+* ``torchaudio`` (imported at module level by ComfyUI 0.33's audio encoders and Gemma 4) has no CPU wheel
+  for a recent torch; a stub suffices for every model but the audio ones.
+* Hosts differ in their extra dependencies: :data:`HOSTS` lists, per host variable, the packages its
+  import needs, and :data:`ENABLE_HINT` names them.
 * ``comfy.model_management`` asserts CUDA at import unless ``comfy.cli_args.args.cpu`` is set first; ComfyUI
   only parses ``sys.argv`` when ``comfy.options.enable_args_parsing()`` was called, so pytest's argv is safe.
 * The checkout goes first on ``sys.path``: this repo has a ``nodes/`` package that would otherwise shadow
@@ -38,6 +44,22 @@ MINIMAL_DEPS: tuple[str, ...] = (
     "transformers", "sentencepiece", "pillow", "av",
 )
 
+#: What ComfyUI 0.33+ imports on top of :data:`MINIMAL_DEPS` (``comfy_kitchen`` in ``attention.py``,
+#: ``comfy_aimdo`` in ``model_patcher.py``, the asset database and API layers in ``nodes``), plus the
+#: torchvision wheel installed without its CUDA torch (``--no-deps``).
+DEPS_2026: tuple[str, ...] = (
+    "comfy-kitchen", "comfy-aimdo", "simpleeval", "blake3", "requests", "alembic", "SQLAlchemy", "filelock",
+    "pydantic", "pydantic-settings", "yarl",
+)
+
+#: The host test matrix: the environment variable naming each host's checkout, and what it is. The
+#: in-process real-host tests use the first variable that is set; ``tests/test_host_matrix.py`` runs them
+#: again in a child process against each other host that is set.
+HOSTS: dict[str, str] = {
+    "COMFYUI_PATH": "a ComfyUI 0.3.64 (or newer) source checkout",
+    "COMFYUI_PATH_2026": "a 2026 ComfyUI (0.33 or newer) source checkout",
+}
+
 #: Package name under which :func:`load_pack` imports this repo when loading it with importlib.
 PACK_MODULE_NAME = "comfyui_ditfastattn"
 
@@ -45,8 +67,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 ENABLE_HINT = (
     "set COMFYUI_PATH to a ComfyUI {min} (or newer) source checkout and install its minimal deps with "
-    "`pip install {deps}` (do NOT `pip install -r requirements.txt`: it pulls torchvision and a CUDA torch)"
-).format(min=".".join(map(str, MIN_COMFYUI_VERSION)), deps=" ".join(MINIMAL_DEPS))
+    "`pip install {deps}`; a ComfyUI 0.33+ also needs `pip install {deps26}` and "
+    "`pip install --no-deps torchvision==<the build for your torch>` (do NOT `pip install -r "
+    "requirements.txt`: it pulls a CUDA torch)"
+).format(min=".".join(map(str, MIN_COMFYUI_VERSION)), deps=" ".join(MINIMAL_DEPS), deps26=" ".join(DEPS_2026))
 
 
 class ComfyUIUnavailable(RuntimeError):
@@ -68,7 +92,7 @@ def find_comfyui() -> Path | None:
     :func:`bootstrap_comfyui`). Otherwise walk up from the repo (unresolved first, so a pack symlinked into
     ``custom_nodes`` is found) looking for ``<comfy>/custom_nodes/<...>/this repo``.
     """
-    env = os.environ.get("COMFYUI_PATH")
+    env = next((os.environ[var] for var in HOSTS if os.environ.get(var)), None)
     if env:
         return Path(env).expanduser().absolute()
     for start in (Path(__file__).absolute().parent.parent, REPO_ROOT):
@@ -93,27 +117,69 @@ def comfyui_version(root: Path) -> tuple[int, ...] | None:
     return None
 
 
-def install_torchvision_stub() -> None:
-    """Put empty ``torchvision`` / ``torchvision.transforms`` modules in ``sys.modules``, unless one loads.
+def _stub(name: str) -> types.ModuleType:
+    """An empty package ``name`` in ``sys.modules`` (with a spec, so ``find_spec`` works on it)."""
+    module = types.ModuleType(name)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, loader=None, is_package=True)
+    module.__path__ = []
+    sys.modules[name] = module
+    parent, _, child = name.rpartition(".")
+    if parent:
+        setattr(sys.modules[parent], child, module)
+    return module
 
-    Only module-level imports need them; the code paths that would call into torchvision (Cascade's
-    EfficientNet, Cosmos ``padding_mask`` resizing) are never reached by the tiny test models.
+
+def _import_torchvision_without_extension() -> bool:
+    """Import the installed torchvision with its compiled ops kept from loading; False if that fails.
+
+    The CUDA wheel's ``_C`` extension does not load against a CPU torch, and its fake-kernel registrations
+    (``_meta_registrations``) then fail for ops that were never defined. Neither is needed headless: the
+    tests never call torchvision's C++ ops.
     """
-    if "torchvision" in sys.modules:
-        return
-    try:
-        import torchvision  # noqa: F401
+    import torch
 
-        return
-    except Exception:  # the CUDA wheel raises RuntimeError/OSError, not only ImportError
-        sys.modules.pop("torchvision", None)
-    for name in ("torchvision", "torchvision.transforms"):
-        module = types.ModuleType(name)
-        module.__spec__ = importlib.machinery.ModuleSpec(name, loader=None, is_package=True)
-        module.__path__ = []
-        module.__file__ = None
-        sys.modules[name] = module
-    sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
+    load_library = torch.ops.load_library
+
+    def refuse_torchvision(path: str) -> None:
+        if "torchvision" in str(path):
+            raise OSError("the torchvision extension is not loaded in headless tests")
+        load_library(path)
+
+    sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
+    torch.ops.load_library = refuse_torchvision
+    try:
+        import torchvision
+        import torchvision.ops
+        import torchvision.transforms  # noqa: F401
+
+        return True
+    except Exception:  # a broken wheel raises RuntimeError/OSError, not only ImportError
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            sys.modules.pop(name)
+        return False
+    finally:
+        torch.ops.load_library = load_library
+
+
+def install_torchvision_stub() -> None:
+    """Make ``import torchvision`` (and ``torchaudio``) work headless: the real torchvision when it imports
+    without its extension, else empty ``torchvision`` / ``torchvision.transforms`` / ``torchvision.ops``
+    modules; a stub ``torchaudio`` unless one imports.
+
+    Only module-level imports need them; the code paths that would call into them (Cascade's EfficientNet,
+    Cosmos ``padding_mask`` resizing, audio encoders) are never reached by the tiny test models.
+    """
+    if "torchvision" not in sys.modules and not _import_torchvision_without_extension():
+        for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional",
+                     "torchvision.ops"):
+            _stub(name)
+    if "torchaudio" not in sys.modules:
+        try:
+            import torchaudio  # noqa: F401
+        except Exception:
+            sys.modules.pop("torchaudio", None)
+            for name in ("torchaudio", "torchaudio.functional", "torchaudio.transforms"):
+                _stub(name)
 
 
 def _check_nodes_module(root: Path) -> None:

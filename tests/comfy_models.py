@@ -85,6 +85,19 @@ def _build(
     return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
 
 
+def _with_new_fields(params: type, cfg: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """``cfg`` plus those of ``fields`` that this host's params dataclass declares.
+
+    Later ComfyUI versions add required fields to a family's params (Flux ``txt_ids_dims`` in 0.33); the
+    values given here are the ones ``model_detection`` picks for the classic checkpoints, so one tiny config
+    builds the same network on every host.
+    """
+    import dataclasses
+
+    declared = {f.name for f in dataclasses.fields(params)}
+    return {**cfg, **{k: v for k, v in fields.items() if k in declared}}
+
+
 def _text(gen: torch.Generator, length: int, dim: int) -> torch.Tensor:
     """A (1, length, dim) stand-in for text-encoder output."""
     return torch.randn(1, length, dim, generator=gen)
@@ -126,9 +139,12 @@ def make_flux(seed: int = 0, cond_len: int = 6, uncond_len: int | None = None) -
     """Flux: double blocks then single blocks, joint [txt, img] attention."""
     import comfy.supported_models as sm
 
+    from comfy.ldm.flux.model import FluxParams
+
     cfg = dict(image_model="flux", guidance_embed=True, in_channels=16, out_channels=16, vec_in_dim=32,
                context_in_dim=32, hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=2, depth_single_blocks=2,
                axes_dim=[8, 12, 12], theta=10000, patch_size=2, qkv_bias=True)
+    cfg = _with_new_fields(FluxParams, cfg, txt_ids_dims=[])
     gen = torch.Generator().manual_seed(seed + 1)
     pooled = _pooled(gen, 32)
     pos, neg = _conds(gen, cond_len, uncond_len, 32, lambda n: {**pooled(n), "guidance": 3.5})
@@ -216,11 +232,14 @@ def make_qwen_image(seed: int = 0, cond_len: int = 5, uncond_len: int | None = N
 def make_hunyuan_video(seed: int = 0, cond_len: int = 5, uncond_len: int | None = None) -> TinyModel:
     """HunyuanVideo: text-only token refiner, then joint [img, txt] double and single blocks."""
     import comfy.supported_models as sm
+    from comfy.ldm.hunyuan_video.model import HunyuanVideoParams
 
     cfg = dict(image_model="hunyuan_video", in_channels=16, out_channels=16, vec_in_dim=32,
                context_in_dim=32, hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=2, depth_single_blocks=2,
                axes_dim=[8, 12, 12], theta=256, patch_size=[1, 2, 2], qkv_bias=True, guidance_embed=True,
                byt5=False, meanflow=False)
+    cfg = _with_new_fields(HunyuanVideoParams, cfg, use_cond_type_embedding=False, vision_in_dim=None,
+                           meanflow_sum=False)
     gen = torch.Generator().manual_seed(seed + 1)
     pos, neg = _conds(gen, cond_len, uncond_len, 32, _pooled(gen, 32))
     model = _build(sm.HunyuanVideo(cfg), seed)
@@ -258,10 +277,12 @@ def make_lumina2(seed: int = 0, cond_len: int = 5, uncond_len: int | None = 7) -
 def make_chroma(seed: int = 0, cond_len: int = 5, uncond_len: int | None = None) -> TinyModel:
     """Chroma: Flux-like [txt, img] joint attention with a distilled-guidance approximator."""
     import comfy.supported_models as sm
+    from comfy.ldm.chroma.model import ChromaParams
 
     cfg = dict(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=32, hidden_size=64,
                mlp_ratio=2.0, num_heads=2, depth=2, depth_single_blocks=2, axes_dim=[8, 12, 12], theta=10000,
                patch_size=2, qkv_bias=True, in_dim=64, out_dim=64, hidden_dim=64, n_layers=1)
+    cfg = _with_new_fields(ChromaParams, cfg, txt_ids_dims=[], vec_in_dim=None)
     gen = torch.Generator().manual_seed(seed + 1)
     pos, neg = _conds(gen, cond_len, uncond_len, 32, _pooled(gen, 32))
     return TinyModel("chroma", _build(sm.Chroma(cfg), seed), torch.zeros(1, 16, 8, 12), pos, neg)

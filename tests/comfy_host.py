@@ -145,7 +145,8 @@ def _import_torchvision_without_extension() -> bool:
             raise OSError("the torchvision extension is not loaded in headless tests")
         load_library(path)
 
-    sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
+    meta = "torchvision._meta_registrations"
+    sys.modules.setdefault(meta, types.ModuleType(meta))
     torch.ops.load_library = refuse_torchvision
     try:
         import torchvision

@@ -138,7 +138,6 @@ def _masked(_length: int) -> dict[str, Any]:
 def make_flux(seed: int = 0, cond_len: int = 6, uncond_len: int | None = None) -> TinyModel:
     """Flux: double blocks then single blocks, joint [txt, img] attention."""
     import comfy.supported_models as sm
-
     from comfy.ldm.flux.model import FluxParams
 
     cfg = dict(image_model="flux", guidance_embed=True, in_channels=16, out_channels=16, vec_in_dim=32,

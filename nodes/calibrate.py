@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from comfy_api.latest import io
@@ -51,6 +51,7 @@ class CalibrateSetup:
     heads: int | None = None
     widest: TokenLayout | None = None
     n_layers: int = 0
+    per_thread: ClassVar[bool] = False   # one search per run: other threads compute densely
 
     def __deepcopy__(self, memo: dict[int, Any]) -> CalibrateSetup:
         return self

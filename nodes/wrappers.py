@@ -30,10 +30,13 @@ attention, reached through an object patch)."""
 
 
 class Setup(Protocol):
-    """What a node stores in ``transformer_options[SETUP_KEY]``: settings, and how to start a run."""
+    """What a node stores in ``transformer_options[SETUP_KEY]``: settings, and how to start a run.
+    ``per_thread``: whether a second thread of the run (multi-device sampling) may get its own engine
+    from ``begin``; otherwise it computes densely."""
 
     family: Family
     prev: Override | None
+    per_thread: bool
 
     def begin(self, diffusion_model: torch.nn.Module, latent_shape: tuple[int, ...],
               total_steps: int) -> tuple[Attend, Callable[[], None], int | None]:
@@ -63,9 +66,12 @@ def outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
             return executor(*args, **kwargs)
         noise, sigmas = args[0], args[3]
         dm = guider.model_patcher.model.diffusion_model
-        attend, close, heads = setup.begin(dm, tuple(noise.shape), max(1, len(sigmas) - 1))
+        shape, steps = tuple(noise.shape), max(1, len(sigmas) - 1)
+        attend, close, heads = setup.begin(dm, shape, steps)
         try:
-            run = Run(setup.family, dm, attend, sigmas.tolist(), positive_uuids(guider), setup.prev, heads)
+            lanes = (lambda: setup.begin(dm, shape, steps)[:2]) if setup.per_thread else None
+            run = Run(setup.family, dm, attend, sigmas.tolist(), positive_uuids(guider), setup.prev, heads,
+                      lanes)
             current = to.get(OVERRIDE_KEY)
             if current is not attention_override:
                 # Another node took the slot after ours: keep ours, with theirs as the dense kernel.
@@ -103,7 +109,7 @@ def apply_model_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     if run is None:
         return executor(*args, **kwargs)
     context = args[3] if len(args) > 3 else kwargs.get("c_crossattn")
-    to[FORWARD_KEY] = run.forward(args[0], context, to)
+    to[FORWARD_KEY] = run.forward(args[0], context, to, kwargs)
     token = CURRENT_OPTIONS.set(to)
     try:
         return executor(*args, **kwargs)

@@ -39,21 +39,6 @@ def _unload() -> Any:
     comfy.model_management.unload_all_models()
 
 
-@pytest.fixture
-def engines(pack: ModuleType, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Every FastAttention the Apply node builds during the test (one per sampling run)."""
-    apply = mod(pack, "nodes.apply")
-    made: list[Any] = []
-
-    class Recording(apply.FastAttention):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(apply, "FastAttention", Recording)
-    return made
-
-
 def plan_for(pack: ModuleType, tiny: TinyModel, rows: list[str], **model: Any) -> Any:
     """A plan whose step s uses ``rows[s]`` at every layer of ``tiny``'s model."""
     plan = mod(pack, "ditfa_core.plan")

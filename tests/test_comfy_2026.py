@@ -60,17 +60,10 @@ def test_2026_family_supported(pack: ModuleType, engines: list[Any], family: str
 
 
 def test_lumina2_with_masks_that_keep_every_key_is_compressed(pack: ModuleType, engines: list[Any]) -> None:
-    """Lumina 2 / Z-Image pass a mask on joint calls; when it hides nothing the call is unmasked."""
+    """Lumina 2 / Z-Image pass a mask on joint calls; when it hides nothing the call is unmasked. (ComfyUI
+    0.3.64 drops a padded prompt's pad tokens before the joint layers, so its joint mask keeps every key
+    even then; 0.33 passes no caption mask.)"""
     assert_supported(pack, engines, make_model("lumina2_unpadded"))
-
-
-def test_lumina2_with_padded_prompts_stays_dense(pack: ModuleType, engines: list[Any]) -> None:
-    tiny = make_model("lumina2")
-    ref = tiny.sample(steps=STEPS)
-    out = run(apply(pack, tiny, COMPRESSED), tiny)
-    if comfyui_version(bootstrap_comfyui()) < (0, 33, 0):   # 0.33 drops the caption mask (cap_mask = None)
-        assert torch.equal(out, ref) and engines[-1].stats.calls == 0
-    assert torch.isfinite(out).all()
 
 
 def test_wan_appended_context_latents_stay_outside_the_window(pack: ModuleType, engines: list[Any]) -> None:

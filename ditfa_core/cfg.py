@@ -28,9 +28,17 @@ def chunk_slices(batch: int, chunks: Sequence[Chunk]) -> list[slice] | None:
     return [slice(i * b, (i + 1) * b) for i in range(n)]
 
 
-def first_cond(chunks: Sequence[Chunk]) -> int | None:
-    """Index of the chunk whose output the other branches receive under ASC."""
-    return next((i for i, c in enumerate(chunks) if c.role is Role.COND), None)
+def lender(chunks: Sequence[Chunk], i: int) -> int | None:
+    """Index of the chunk whose output chunk ``i`` (an unconditional one) receives under ASC: the
+    first conditional chunk over the same tokens (context window, area), or None."""
+    tokens = chunks[i].tokens
+    return next((j for j, c in enumerate(chunks) if c.role is Role.COND and c.tokens == tokens), None)
+
+
+def lends_only(chunks: Sequence[Chunk]) -> bool:
+    """Whether a call has lenders but no borrower: its unconditional partner is a separate forward."""
+    roles = {c.role for c in chunks}
+    return Role.COND in roles and Role.UNCOND not in roles
 
 
 def image_rows(layout: TokenLayout) -> slice:

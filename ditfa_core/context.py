@@ -17,21 +17,32 @@ from .windows import TokenLayout
 class Role(str, enum.Enum):
     """A chunk's part in classifier-free guidance.
 
-    COND chunks are computed under ASC; every other chunk (the unconditional one, PerpNeg's empty
-    prompt, a guider's middle term) receives the conditional output instead.
+    COND chunks are computed under ASC and lend their output; UNCOND chunks (the negative prompt,
+    PerpNeg's empty prompt) borrow it instead of computing; OTHER chunks are further conditional
+    prompts (DualCFGGuider's middle one), computed like COND but never lent: only an unconditional
+    branch may take another prompt's attention.
     """
 
     COND = "cond"
     UNCOND = "uncond"
+    OTHER = "other"
 
 
 @dataclass(frozen=True)
 class Chunk:
     """One equal slice of the batch rows: ``key`` identifies it for the whole run (ComfyUI's
-    cond uuid, or a branch name), so its caches never mix with another chunk's."""
+    cond uuid, or a branch name); ``tokens`` names the part of the latent its rows cover (a context
+    window's frames, a conditioning area; None for the whole latent). Caches are kept per
+    ``slot`` = (key, tokens), and a chunk borrows only from a lender over the same tokens, so a
+    forward over one part of the latent never reads another part's tensors."""
 
     key: Hashable
     role: Role
+    tokens: Hashable = None
+
+    @property
+    def slot(self) -> tuple[Hashable, Hashable]:
+        return (self.key, self.tokens)
 
 
 COND_UNCOND: tuple[Chunk, ...] = (Chunk("cond", Role.COND), Chunk("uncond", Role.UNCOND))

@@ -6,9 +6,10 @@ FULL       dense attention. When a later WA-RS step reads it (see ``Schedule``),
            attention W and the residual R = O - W.
 WA_RS      window attention + the residual of the layer's most recent FULL step.
 AST        the layer's output of its last computed step.
-ASC        conditional chunks computed dense; every other chunk receives the conditional output,
-           from the same batch or from a separate conditional call of the same evaluation.
-WA_RS_ASC  conditional chunks as WA_RS, the others receive their output.
+ASC        conditional chunks computed dense; unconditional chunks receive the conditional output
+           over the same tokens, from the same batch or from a separate conditional call of the
+           same evaluation (the host adapter runs lenders first); other chunks are computed.
+WA_RS_ASC  conditional chunks as WA_RS, the unconditional ones receive their output.
 
 Whatever a strategy needs but cannot find (the first step, a skipped step, a new shape, an
 unconditional call that came before its conditional partner) falls back to dense attention for
@@ -168,20 +169,19 @@ class FastAttention:
         n = len(ctx.chunks)
         ops: list[str] = [DENSE] * n
         cached: dict[int, torch.Tensor] = {}   # chunk -> reused output or residual
-        src = cfg.first_cond(ctx.chunks)
 
         for i, (chunk, r) in enumerate(zip(ctx.chunks, rows, strict=True)):
             qi = q[r]
             if strategy is Strategy.AST:
-                o = st.output(layer, chunk.key, qi, layout, step)
+                o = st.output(layer, chunk.slot, qi, layout, step)
                 if o is not None:
                     ops[i], cached[i] = REUSE, o
                 else:
                     self._fallback(strategy, "no output of an earlier step")
-            elif strategy.shares_cfg and chunk.role is not Role.COND:
+            elif strategy.shares_cfg and chunk.role is Role.UNCOND:
                 ops[i] = SHARE
             elif strategy.uses_window:
-                res = st.residual(layer, chunk.key, qi, layout, step)
+                res = st.residual(layer, chunk.slot, qi, layout, step)
                 if res is not None:
                     ops[i], cached[i] = WINDOW, res
                 else:
@@ -199,7 +199,7 @@ class FastAttention:
                 o = self._dense(dense, qs, ks, vs)
                 refresh = [j for j, i in enumerate(idx) if keep_res and (
                     strategy is Strategy.FULL
-                    or st.residual(layer, ctx.chunks[i].key, q[rows[i]], layout, step) is None)]
+                    or st.residual(layer, ctx.chunks[i].slot, q[rows[i]], layout, step) is None)]
                 if refresh:
                     self._refresh_residual(o, qs, ks, vs, refresh, idx, ctx)
             else:
@@ -217,6 +217,7 @@ class FastAttention:
                 self.stats.chunks[REUSE] += 1
         for i in range(n):
             if ops[i] == SHARE:
+                src = cfg.lender(ctx.chunks, i)
                 results[i] = self._share(i, src, results, q[rows[i]], k[rows[i]], v[rows[i]], ctx, dense)
 
         if whole is not None:
@@ -229,10 +230,12 @@ class FastAttention:
                 out[r] = results[i]
         if keep_out:
             for i, chunk in enumerate(ctx.chunks):
-                st.put_output(layer, chunk.key, out[rows[i]] if n > 1 else out, layout, step)
-        if strategy.shares_cfg and src is not None and all(c.role is Role.COND for c in ctx.chunks):
-            # A conditional-only call: its unconditional partner comes in a separate forward.
-            st.put_partner(layer, results[src], layout, ctx.eval_key)
+                st.put_output(layer, chunk.slot, out[rows[i]] if n > 1 else out, layout, step)
+        if strategy.shares_cfg and cfg.lends_only(ctx.chunks):
+            # No borrower in this call: its unconditional partner comes in a separate forward.
+            for i, chunk in enumerate(ctx.chunks):
+                if chunk.role is Role.COND:
+                    st.put_partner(layer, chunk.tokens, results[i], layout, ctx.eval_key)
         return out
 
     def _share(
@@ -251,7 +254,7 @@ class FastAttention:
         if src is not None:
             self.stats.chunks[SHARE] += 1
             return results[src]
-        partner = self.state.partner(ctx.layer, ctx.eval_key, q)
+        partner = self.state.partner(ctx.layer, ctx.chunks[i].tokens, ctx.eval_key, q)
         if partner is not None and partner.tensor.shape[0] == q.shape[0] and cfg.can_share(
             partner.layout, ctx.layout
         ):
@@ -283,8 +286,8 @@ class FastAttention:
         else:
             parts = [self._window(qs[s], ks[s], vs[s], ctx) for s in sel]
         for j, s, w in zip(which, sel, parts, strict=True):
-            key = ctx.chunks[idx[j]].key
-            self.state.put_residual(ctx.layer, key, o[s] - w, ctx.layout, ctx.step)
+            slot = ctx.chunks[idx[j]].slot
+            self.state.put_residual(ctx.layer, slot, o[s] - w, ctx.layout, ctx.step)
             self.stats.residual_refreshes += 1
 
     def _fallback(self, strategy: Strategy, why: str) -> None:

@@ -9,15 +9,18 @@ mapping steps along the schedule. The format is documented in ``plans/README.md`
 
 from __future__ import annotations
 
-import datetime
+import calendar
 import json
 import logging
 import math
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from .flops import plan_flops_fraction
 from .strategies import Strategy
@@ -31,7 +34,20 @@ MAX_TEXT_BYTES = 8 * 1024 * 1024
 """Plans larger than this are refused before parsing (a 10,000-step plan of 100 layers fits)."""
 MAX_DIM = 10_000
 """Upper bound on steps, layers and heads: beyond any real model, low enough to bound memory."""
+MAX_INT = 2**31 - 1
+"""Upper bound on every other integer (token counts, grid and latent sizes, radii)."""
+MAX_CELLS = 250_000
+"""Upper bound on grid cells, a head-wise cell counting one per head (1,000 steps x 250 layers): with
+``MAX_ITEMS`` it keeps reading or refusing any plan text well under a second and a few tens of MB."""
+MAX_ITEMS = MAX_CELLS + 256
+"""Upper bound on JSON strings and on ``,`` outside strings in a plan text, checked before parsing."""
+MAX_DEPTH = 16
+"""Upper bound on nested arrays and objects (a plan needs 4), checked before parsing."""
+MAX_QUOTE = 60
+"""Characters of a plan's value quoted in an error message; the rest is elided."""
 WINDOW_KINDS = ("band", "nbhd")
+BLANK = " \t\n\r\f\v"
+"""What counts as blank in a string field (an explicit set, so the front end applies the same rule)."""
 
 Cell = Strategy | tuple[Strategy, ...]
 """One grid cell: a strategy for the whole layer, or one strategy per head (head-wise plans)."""
@@ -66,19 +82,33 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def _int(value: Any, where: str, lo: int, hi: int | None = None) -> int:
+def _quote(value: Any) -> str:
+    """``repr(value)`` for an error message, at most ``MAX_QUOTE`` characters: a plan from a shared
+    workflow may hold a 7 MB string or a 4,000-digit integer, which must not be copied (or, past
+    Python's digit limit, converted) into the message."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**18:
+        return f"an integer of about {int(abs(value).bit_length() * math.log10(2)) + 1} digits"
+    if isinstance(value, (list, tuple, dict)):
+        return f"an {_kind(value)} of {len(value)} items"
+    text = repr(value)
+    return text if len(text) <= MAX_QUOTE else f"{text[:MAX_QUOTE]}... ({len(text)} characters)"
+
+
+def _int(value: Any, where: str, lo: int, hi: int = MAX_INT) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise PlanError(f"{where}: expected an integer, got {_kind(value)}")
-    if value < lo or (hi is not None and value > hi):
-        bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-        raise PlanError(f"{where}: must be {bound}, got {value}")
+    if value < lo or value > hi:
+        raise PlanError(f"{where}: must be between {lo} and {hi}, got {_quote(value)}")
     return value
 
 
 def _num(value: Any, where: str, lo: float | None = None, hi: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise PlanError(f"{where}: expected a number, got {_kind(value)}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise PlanError(f"{where}: must be finite, got {_quote(value)}") from None
     if not math.isfinite(value):
         raise PlanError(f"{where}: must be finite, got {value}")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
@@ -90,7 +120,7 @@ def _num(value: Any, where: str, lo: float | None = None, hi: float | None = Non
 def _str(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise PlanError(f"{where}: expected a string, got {_kind(value)}")
-    if not value.strip():
+    if not value.strip(BLANK):
         raise PlanError(f"{where}: must not be empty")
     return value
 
@@ -139,8 +169,8 @@ class ModelInfo:
             grid = _ints(self.grid, "model.grid", 3, 1)
             if math.prod(grid) != self.n_image_tokens:
                 raise PlanError(
-                    f"model.grid: {list(grid)} holds {math.prod(grid)} tokens but model.n_image_tokens "
-                    f"is {self.n_image_tokens}"
+                    f"model.grid: {list(grid)} holds {_quote(math.prod(grid))} tokens but "
+                    f"model.n_image_tokens is {self.n_image_tokens}"
                 )
             _set(self, "grid", grid)
 
@@ -174,7 +204,7 @@ class WindowSetting:
     def __post_init__(self) -> None:
         if self.kind not in WINDOW_KINDS:
             raise PlanError(
-                f"calibration.window.kind: expected one of {', '.join(WINDOW_KINDS)}, got {self.kind!r}"
+                f"calibration.window.kind: expected one of {', '.join(WINDOW_KINDS)}, got {_quote(self.kind)}"
             )
         _set(self, "fraction", _num(self.fraction, "calibration.window.fraction", 0.0, 1.0))
         if self.fraction == 0.0:
@@ -231,11 +261,9 @@ class Calibration:
         _set(self, "seconds", _num(self.seconds, "calibration.seconds", 0.0))
         _set(self, "generations", _num(self.generations, "calibration.generations", 0.0))
         _str(self.created, "calibration.created")
-        try:
-            # Python 3.10's parser does not know the "Z" suffix that JavaScript writes.
-            datetime.datetime.fromisoformat(self.created.replace("Z", "+00:00"))
-        except ValueError:
-            raise PlanError(f"calibration.created: not an ISO 8601 time: {self.created!r}") from None
+        if not _is_iso_time(self.created):
+            raise PlanError(f"calibration.created: not an ISO 8601 time: {_quote(self.created)} (write e.g. "
+                            "2025-01-02T03:04:05+00:00)")
         _str(self.tool_version, "calibration.tool_version")
         if self.resolution is not None:
             _set(self, "resolution", _ints(self.resolution, "calibration.resolution", 2, 1))
@@ -317,10 +345,28 @@ def _keys(data: Any, where: str, allowed: Sequence[str]) -> dict[str, Any]:
         raise PlanError(f"{where}: missing key(s) {', '.join(map(repr, missing))}")
     extra = sorted(k for k in data if k not in allowed)
     if extra:
-        raise PlanError(
-            f"{where}: unexpected key(s) {', '.join(map(repr, extra))}; allowed: {', '.join(allowed)}"
-        )
+        shown = ", ".join(_quote(k) for k in extra[:5])
+        shown += f" and {len(extra) - 5} more" if len(extra) > 5 else ""
+        raise PlanError(f"{where}: unexpected key(s) {shown}; allowed: {', '.join(allowed)}")
     return data
+
+
+_ISO_TIME = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})"
+    r"(?:[T ]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:\.[0-9]{3}(?:[0-9]{3})?)?)?"
+    r"(?:Z|[+-]([0-9]{2}):([0-9]{2}))?)?"
+)
+
+
+def _is_iso_time(text: str) -> bool:
+    """``YYYY-MM-DD[(T| )HH:MM[:SS[.fff[fff]]][Z|+HH:MM|-HH:MM]]``, a real date and time: what Python's
+    ``isoformat`` and JavaScript's ``toISOString`` write; the front end checks the same rule."""
+    m = _ISO_TIME.fullmatch(text)
+    if m is None:
+        return False
+    year, month, day, hour, minute, second, oh, om = (int(g) if g else 0 for g in m.groups())
+    return (year >= 1 and 1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1]
+            and hour <= 23 and minute <= 59 and second <= 59 and oh <= 23 and om <= 59)
 
 
 def _strategy(value: Any, where: str) -> Strategy:
@@ -334,23 +380,21 @@ def _strategy(value: Any, where: str) -> Strategy:
     except ValueError:
         pass
     try:
-        hint = f" (did you mean {Strategy.parse(value).value!r}?)"
+        hint = f" (did you mean {Strategy.parse(value).value!r}?)" if len(value) <= 20 else ""
     except ValueError:
         hint = ""
-    raise PlanError(f"{where}: unknown strategy {value!r}{hint}; expected one of {_STRATEGY_NAMES}")
+    raise PlanError(f"{where}: unknown strategy {_quote(value)}{hint}; expected one of {_STRATEGY_NAMES}")
 
 
 Gap = tuple[int, int, int | None, str]
 
 
-def _history_gaps(grid: Sequence[Sequence[Cell]], heads: int, repair: bool) -> list[Gap]:
+def _history_gaps(grid: Sequence[Sequence[Cell]], heads: int) -> list[Gap]:
     """Cells that cannot run as written: (step, layer, head or None, why).
 
     AST reuses the layer's output of an earlier step, so it cannot open a plan. WA-RS adds the
     residual of the layer's most recent FULL step, so it needs a FULL step before it (per head for
-    head-wise cells). A plan with such cells is refused; with ``repair`` (the rows of a resampled
-    grid, which are lists) each windowed gap is made FULL in place, which refreshes the residual
-    for the WA-RS steps after it.
+    head-wise cells). A plan with such cells is refused.
     """
     found: list[Gap] = []
     for layer in range(len(grid[0])):
@@ -361,22 +405,42 @@ def _history_gaps(grid: Sequence[Sequence[Cell]], heads: int, repair: bool) -> l
                 why = _gap(cell, step, all(has_full))
                 if why:
                     found.append((step, layer, None, why))
-                    if repair and cell.uses_window:
-                        row[layer] = cell = Strategy.FULL
                 if cell is Strategy.FULL:
                     has_full = [True] * heads
                 continue
-            repaired = list(cell)
             for head, strategy in enumerate(cell):
                 why = _gap(strategy, step, has_full[head])
                 if why:
                     found.append((step, layer, head, why))
-                    if repair and strategy.uses_window:
-                        repaired[head] = strategy = Strategy.FULL
                 has_full[head] = has_full[head] or strategy is Strategy.FULL
-            if repair:
-                row[layer] = tuple(repaired)
     return found
+
+
+def _remap_lane(column: Sequence[Strategy], rows: Sequence[int]) -> list[Strategy]:
+    """One layer's (or head's) strategies for a run whose step s uses plan row ``rows[s]``.
+
+    A WA-RS cell at row r adds the residual of the FULL step its plan row refers to: the last FULL
+    row f before r. The engine adds the residual of the most recent FULL step of the run, so the
+    cell keeps WA-RS only when that step stood for f (it ran row f, or it was a WA-RS cell with the
+    same source f made FULL); otherwise it runs FULL, which stands for f from then on.
+    """
+    source: list[int | None] = []
+    last = None
+    for r, strategy in enumerate(column):
+        source.append(last)
+        if strategy is Strategy.FULL:
+            last = r
+    out, ran = [], None   # the plan row the run's most recent FULL step stands for
+    for r in rows:
+        strategy = column[r]
+        if strategy.uses_window and ran != source[r]:
+            out.append(Strategy.FULL)
+            ran = source[r]
+            continue
+        if strategy is Strategy.FULL:
+            ran = r
+        out.append(strategy)
+    return out
 
 
 def _gap(strategy: Strategy, step: int, has_full: bool) -> str | None:
@@ -423,7 +487,7 @@ class Plan:
             raise PlanError(
                 f"calibration.steps is {self.calibration.steps} but the grid has {self.steps} steps"
             )
-        bad = _history_gaps(self.grid, self.model.num_heads, repair=False)
+        bad = _history_gaps(self.grid, self.model.num_heads)
         if bad:
             step, layer, head, why = bad[0]
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
@@ -435,6 +499,9 @@ class Plan:
         if not 1 <= len(grid) <= MAX_DIM:
             raise PlanError(f"grid: must have between 1 and {MAX_DIM} steps, got {len(grid)}")
         layers, heads = self.model.num_layers, self.model.num_heads
+        if len(grid) * layers > MAX_CELLS:
+            raise PlanError(f"grid: {len(grid)} steps x {layers} layers is more than {MAX_CELLS:,} cells")
+        cells_left = MAX_CELLS - len(grid) * layers
         rows = []
         for step, row in enumerate(grid):
             if not isinstance(row, (list, tuple)):
@@ -444,6 +511,9 @@ class Plan:
             cells: list[Cell] = []
             for layer, cell in enumerate(row):
                 if isinstance(cell, (list, tuple)):
+                    cells_left -= len(cell) - 1
+                    if cells_left < 0:
+                        raise PlanError(f"grid: head-wise cells make more than {MAX_CELLS:,} cells")
                     if len(cell) != heads:
                         raise PlanError(
                             f"{_cell_name(step, layer)}: a head-wise cell needs {heads} strategies "
@@ -499,14 +569,15 @@ class Plan:
         if "format" not in data:
             raise PlanError(f"not a DiTFastAttn plan: no 'format' key (expected {FORMAT!r})")
         if data["format"] != FORMAT:
-            raise PlanError(f"not a DiTFastAttn plan: format is {data['format']!r}, expected {FORMAT!r}")
+            raise PlanError(f"not a DiTFastAttn plan: format is {_quote(data['format'])}, "
+                            f"expected {FORMAT!r}")
         if "version" not in data:
             raise PlanError("plan: missing key 'version'")
         version = data["version"]
         if isinstance(version, bool) or not isinstance(version, int):
             raise PlanError(f"version: expected an integer, got {_kind(version)}")
         if version not in SUPPORTED_VERSIONS:
-            raise PlanError(f"unsupported plan version {version}; this build reads version(s) "
+            raise PlanError(f"unsupported plan version {_quote(version)}; this build reads version(s) "
                             f"{', '.join(map(str, SUPPORTED_VERSIONS))}")
         d = _keys(data, "plan", ("format", "version", "model", "calibration", "steps", "grid", "cost"))
         steps = _int(d["steps"], "steps", 1, MAX_DIM)
@@ -534,6 +605,7 @@ class Plan:
                 raise PlanError(f"not JSON: not UTF-8 text ({e})") from None
         elif text.startswith("\ufeff"):
             text = text[1:]
+        _check_shape(text)
         try:
             data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float,
                               object_pairs_hook=_unique_keys)
@@ -577,32 +649,41 @@ class Plan:
 
     # -- fitting and step mapping ------------------------------------------------------------------------
 
-    def check_fits(self, model_info: ModelInfo, strict: bool = True) -> None:
-        """Raise ``PlanError`` naming every difference that makes this plan wrong for ``model_info``.
+    def check_fits(self, strict: bool = True, **actual: Any) -> None:
+        """Raise ``PlanError`` listing every difference between this plan's ``model`` and ``actual``.
 
-        Family, layer count and head count must always match: the grid's columns (and head-wise
-        cells) are meaningless on another model. ``strict`` also requires the calibration's token
-        layout (resolution, text length); without it a different layout is accepted and logged,
-        since the strategies transfer reasonably across resolutions of one model.
+        ``actual`` holds any of ModelInfo's fields as measured on the model and run (family, num_layers,
+        num_heads; n_image_tokens, n_text_tokens, grid); a field not given (or None) is not compared.
+        Family, layer count and head count must always match: the grid's columns (and head-wise cells)
+        are meaningless on another model. ``strict`` also requires the calibration's token layout
+        (resolution, prompt length); without it a different layout is accepted and logged, since the
+        strategies transfer reasonably across resolutions of one model.
         """
-        ours, theirs = self.model, model_info
-        problems = []
-        if ours.family.casefold() != theirs.family.casefold():
-            problems.append(f"family: plan is for {ours.family!r}, model is {theirs.family!r}")
-        if ours.num_layers != theirs.num_layers:
-            problems.append(f"layers: plan has {ours.num_layers}, model has {theirs.num_layers}")
-        if ours.num_heads != theirs.num_heads:
-            problems.append(f"heads: plan has {ours.num_heads}, model has {theirs.num_heads}")
-        layout = []
-        for name in ("n_image_tokens", "n_text_tokens", "grid"):
-            a, b = getattr(ours, name), getattr(theirs, name)
-            if a != b:
-                layout.append(f"{name}: plan has {a}, model has {b}")
-        if strict:
-            problems += layout
+        unknown = set(actual) - set(ModelInfo.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"check_fits: unknown field(s) {sorted(unknown)}")
+        ours = self.model
+        problems, layout = [], []
+        for name, label in (("family", "family"), ("num_layers", "layers"), ("num_heads", "heads"),
+                            ("n_image_tokens", "n_image_tokens"), ("n_text_tokens", "n_text_tokens"),
+                            ("grid", "grid")):
+            theirs = actual.get(name)
+            if theirs is None:
+                continue
+            a, b = getattr(ours, name), theirs
+            if name == "grid":
+                a, b = tuple(a) if a is not None else None, tuple(b)
+            same = a.casefold() == b.casefold() if name == "family" else a == b
+            if not same:
+                (problems if name in ("family", "num_layers", "num_heads") else layout).append(
+                    f"{label}: plan has {a!r}, model has {b!r}" if name == "family"
+                    else f"{label}: plan has {a}, model has {b}")
+        if strict and layout:
+            raise PlanError("plan does not fit the model: " + "; ".join(problems + layout) + " (strict mode "
+                            "compares the token layout too; set mode to 'adapt' to run it at another "
+                            "resolution or prompt length)")
         if problems:
-            mode = "strict" if strict else "adapt"
-            raise PlanError(f"plan does not fit the model ({mode} check): " + "; ".join(problems))
+            raise PlanError("plan does not fit the model: " + "; ".join(problems))
         if layout:
             log.info("plan calibrated on another token layout, used as is: %s", "; ".join(layout))
 
@@ -613,19 +694,28 @@ class Plan:
         return min(self.steps - 1, step * self.steps // total_steps)
 
     def resampled(self, total_steps: int) -> Grid:
-        """The grid of a ``total_steps`` run: row ``plan_step(s, total_steps)`` for each step s.
-
-        Dropping rows can drop the FULL step a WA-RS step took its residual from; such a cell
-        (per head for head-wise cells) becomes FULL so that it refreshes the residual for the
-        WA-RS steps after it. Everything else is the position mapping unchanged.
-        """
+        """The grid of a ``total_steps`` run: row ``plan_step(s, total_steps)`` for each step s, except
+        that a WA-RS cell whose residual source (the last FULL row before it) the run skipped runs
+        FULL instead (``_remap_lane``; per head for head-wise cells)."""
         cached = self._resampled.get(total_steps)
         if cached is not None:
             return cached
         _check_step(0, total_steps)
-        rows = [list(self.grid[self.plan_step(s, total_steps)]) for s in range(total_steps)]
-        _history_gaps(rows, self.model.num_heads, repair=True)
-        grid = tuple(tuple(row) for row in rows)
+        rows = [self.plan_step(s, total_steps) for s in range(total_steps)]
+        columns = []
+        for layer in range(self.num_layers):
+            cells = [row[layer] for row in self.grid]
+            if all(isinstance(c, Strategy) for c in cells):
+                columns.append(_remap_lane(cells, rows))
+                continue
+            lanes = [_remap_lane([c if isinstance(c, Strategy) else c[h] for c in cells], rows)
+                     for h in range(self.model.num_heads)]
+            column = []
+            for s, r in enumerate(rows):
+                cell = tuple(lane[s] for lane in lanes)
+                column.append(cell[0] if isinstance(cells[r], Strategy) and len(set(cell)) == 1 else cell)
+            columns.append(column)
+        grid = tuple(tuple(column[s] for column in columns) for s in range(total_steps))
         if len(self._resampled) >= 8:
             self._resampled.clear()
         self._resampled[total_steps] = grid
@@ -688,6 +778,25 @@ def _check_step(step: int, total_steps: int) -> None:
         raise ValueError(f"step must be an integer in [0, {total_steps}), got {step!r}")
 
 
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def _check_shape(text: str) -> None:
+    """Refuse, before parsing, a text with more than ``MAX_ITEMS`` strings or ``,`` separators or
+    nested deeper than ``MAX_DEPTH``: bounds on the parser's time and memory that do not depend on
+    the interpreter's stack (the front end's reader counts the same way)."""
+    rest, strings = _JSON_STRING.subn("", text)
+    if strings > MAX_ITEMS or rest.count(",") > MAX_ITEMS:
+        raise PlanError(f"plan too large: more than {MAX_ITEMS:,} strings or values")
+    brackets = _NOT_BRACKET.sub("", rest).encode("ascii")
+    if brackets:
+        b = torch.frombuffer(bytearray(brackets), dtype=torch.uint8)
+        step = torch.where((b == ord("[")) | (b == ord("{")), 1, -1)
+        if int(torch.cumsum(step, 0, dtype=torch.int32).max()) > MAX_DEPTH:
+            raise PlanError(f"not JSON: nested deeper than {MAX_DEPTH} levels")
+
+
 def _refuse_constant(name: str) -> float:
     raise PlanError(f"not a finite number: {name} (NaN and Infinity are not allowed in a plan)")
 
@@ -704,7 +813,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise PlanError(f"duplicate key {key!r}")
+            raise PlanError(f"duplicate key {_quote(key)}")
         out[key] = value
     return out
 

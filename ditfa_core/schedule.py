@@ -98,6 +98,10 @@ class Schedule:
         evaluations at the very end of a schedule (some samplers add one) stay defined."""
         return self.grid[min(step, self.num_steps - 1)][layer]
 
+    def shares_cfg_at(self, step: int) -> bool:
+        """Whether any layer shares attention across CFG branches at ``step`` (ASC, WA-RS+ASC)."""
+        return any(s.shares_cfg for s in self.grid[min(step, self.num_steps - 1)])
+
     def keeps_residual(self, step: int, layer: int) -> bool:
         return self.needs_residual[min(step, self.num_steps - 1)][layer]
 

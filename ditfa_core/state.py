@@ -53,7 +53,7 @@ class RunState:
         self.cache_device = torch.device(cache_device) if cache_device is not None else None
         self._residuals: dict[tuple[int, Hashable], Entry] = {}
         self._outputs: dict[tuple[int, Hashable], Entry] = {}
-        self._partners: dict[int, PartnerEntry] = {}
+        self._partners: dict[tuple[int, Hashable], PartnerEntry] = {}
 
     # -- storage -----------------------------------------------------------------------------
 
@@ -98,12 +98,17 @@ class RunState:
     ) -> torch.Tensor | None:
         return self._get(self._outputs, layer, key, like, layout, step)
 
-    def put_partner(self, layer: int, o: torch.Tensor, layout: TokenLayout, eval_key: Hashable) -> None:
-        self._partners[layer] = PartnerEntry(self._stash(o), layout, eval_key)
+    def put_partner(
+        self, layer: int, tokens: Hashable, o: torch.Tensor, layout: TokenLayout, eval_key: Hashable
+    ) -> None:
+        self._partners[(layer, tokens)] = PartnerEntry(self._stash(o), layout, eval_key)
 
-    def partner(self, layer: int, eval_key: Hashable, like: torch.Tensor) -> PartnerEntry | None:
-        """The conditional output kept at ``layer`` during evaluation ``eval_key``, on ``like``'s device."""
-        entry = self._partners.get(layer)
+    def partner(
+        self, layer: int, tokens: Hashable, eval_key: Hashable, like: torch.Tensor
+    ) -> PartnerEntry | None:
+        """The conditional output over ``tokens`` kept at ``layer`` during evaluation ``eval_key``, on
+        ``like``'s device."""
+        entry = self._partners.get((layer, tokens))
         if entry is None or eval_key is None or entry.eval_key != eval_key:
             return None
         return PartnerEntry(self._fetch(entry, like), entry.layout, entry.eval_key)

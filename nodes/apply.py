@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -17,12 +16,12 @@ import torch
 from comfy_api.latest import io
 
 from ..ditfa_core.engine import FastAttention
-from ..ditfa_core.plan import ModelInfo, Plan, PlanError
+from ..ditfa_core.plan import Plan, PlanError
 from ..ditfa_core.schedule import Schedule
-from ..ditfa_core.windows import WindowSpec
+from ..ditfa_core.windows import TokenLayout, WindowSpec
 from .families import Family, detect
 from .plan_type import CATEGORY, DitfaPlan
-from .run import Attend, Override
+from .run import Override, RunParts
 from .wrappers import install
 
 log = logging.getLogger(__name__)
@@ -48,22 +47,21 @@ class ApplySetup:
         return self
 
     def begin(self, diffusion_model: torch.nn.Module, latent_shape: tuple[int, ...],
-              total_steps: int) -> tuple[Attend, Callable[[], None], int | None]:
+              total_steps: int) -> RunParts:
         """The run's engine, with the plan resampled to this run's step count (a plan calibrated at
-        50 steps runs at 20); strict mode refuses a run at another image grid than the plan's."""
-        grid = self.family.grid(diffusion_model, latent_shape)
-        planned = self.plan.model.grid
-        if planned is not None and tuple(planned) != grid:
-            note = f"plan calibrated for image grid {tuple(planned)}, this run has {grid}"
-            if self.strict:
-                raise PlanError(f"DiTFastAttn (strict mode): {note}; set mode to 'adapt' to use it anyway")
-            log.info("DiTFastAttn (adapt mode): %s; strategies used as they are", note)
+        50 steps runs at 20), and the check of heads and token layout at the first conditional call."""
         if total_steps != self.plan.steps:
             log.info("DiTFastAttn: plan of %d steps mapped onto a run of %d steps",
                      self.plan.steps, total_steps)
-        engine = FastAttention(Schedule(self.plan.resampled(total_steps)), self.window,
-                               cache_device=self.cache_device)
-        return engine, engine.close, self.plan.model.num_heads
+        schedule = Schedule(self.plan.resampled(total_steps))
+        engine = FastAttention(schedule, self.window, cache_device=self.cache_device)
+        return RunParts(engine, engine.close, self.check_layout, schedule.shares_cfg_at)
+
+    def check_layout(self, heads: int, layout: TokenLayout) -> None:
+        """Strict: the heads, image grid, image and text token counts of the run's first conditional
+        attention call must be the plan's (every difference listed); adapt: only the heads."""
+        self.plan.check_fits(self.strict, num_heads=heads, n_image_tokens=layout.n_image,
+                             n_text_tokens=layout.n_global, grid=layout.grid)
 
 
 def resolve_window(plan: Plan, kind: str, fraction: float, strict: bool) -> WindowSpec:
@@ -91,10 +89,10 @@ def apply_plan(model: Any, plan: Plan, window_kind: str = "auto", window_fractio
     family = detect(model)
     if plan.is_headwise:
         raise PlanError("this plan has head-wise cells, which this version of DiTFastAttn does not execute")
-    _, n_layers = family.layer_bases(model.model.diffusion_model)
-    p = plan.model
-    plan.check_fits(ModelInfo(family.name, n_layers, p.num_heads, p.n_image_tokens, p.n_text_tokens, p.grid))
+    dm = model.model.diffusion_model
+    _, n_layers = family.layer_bases(dm)
     strict = mode == "strict"
+    plan.check_fits(strict, family=family.name, num_layers=n_layers, num_heads=family.heads(dm))
     window = resolve_window(plan, window_kind, window_fraction, strict)
     clone = model.clone()
     cache = "cpu" if cache_device == "cpu" else None
@@ -128,8 +126,8 @@ class DiTFastAttnApply(io.ComfyNode):
                                tooltip="Where cached attention outputs rest between steps; cpu spares "
                                        "GPU memory at some speed."),
                 io.Combo.Input("mode", options=list(MODES), default="strict",
-                               tooltip="strict: refuse a plan calibrated at another resolution or window. "
-                                       "adapt: use it anyway, with a note in the log."),
+                               tooltip="strict: refuse a plan calibrated at another resolution, prompt "
+                                       "length or window. adapt: use it anyway, with a note in the log."),
             ],
             outputs=[io.Model.Output(tooltip="The model with DiTFastAttn.")],
         )

@@ -13,7 +13,6 @@ import datetime
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -21,7 +20,7 @@ import torch
 from comfy_api.latest import io
 
 from ..ditfa_core import __version__
-from ..ditfa_core.context import CallContext
+from ..ditfa_core.context import CallContext, Role
 from ..ditfa_core.engine import DenseFn
 from ..ditfa_core.flops import pattern_pair_fraction
 from ..ditfa_core.plan import Calibration, Cost, ModelInfo, Plan, WindowSetting
@@ -29,7 +28,7 @@ from ..ditfa_core.search import SEARCHES, PlanSearch, make_search
 from ..ditfa_core.windows import TokenLayout, WindowSpec
 from .families import Family, Grid, detect
 from .plan_type import CATEGORY, DitfaPlan
-from .run import RUN_KEY, SETUP_KEY, Attend, Override
+from .run import RUN_KEY, SETUP_KEY, Override, RunParts
 from .steps import step_for_sigma
 from .wrappers import WRAPPER_KEY, install
 
@@ -50,6 +49,7 @@ class CalibrateSetup:
     grid: Grid | None = None
     heads: int | None = None
     widest: TokenLayout | None = None
+    first_cond: TokenLayout | None = None   # what Apply's strict check compares a run with
     n_layers: int = 0
     per_thread: ClassVar[bool] = False   # one search per run: other threads compute densely
 
@@ -57,17 +57,19 @@ class CalibrateSetup:
         return self
 
     def begin(self, diffusion_model: torch.nn.Module, latent_shape: tuple[int, ...],
-              total_steps: int) -> tuple[Attend, Callable[[], None], int | None]:
+              total_steps: int) -> RunParts:
         _, self.n_layers = self.family.layer_bases(diffusion_model)
         self.grid = self.family.grid(diffusion_model, latent_shape)
         self.search = make_search(self.mode, total_steps, self.n_layers, self.delta, self.window)
-        return self._attend, lambda: None, None
+        return RunParts(self._attend, lambda: None)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: CallContext,
                 dense: DenseFn | None) -> torch.Tensor:
         self.heads = q.shape[1]
         if self.widest is None or ctx.layout.n_tokens > self.widest.n_tokens:
             self.widest = ctx.layout
+        if self.first_cond is None and any(c.role is Role.COND for c in ctx.chunks):
+            self.first_cond = ctx.layout
         if self.search is None:
             raise RuntimeError("DiTFastAttn Calibrate: attention call before the search started")
         return self.search.attention(q, k, v, ctx, dense)
@@ -97,13 +99,14 @@ def build_plan(setup: CalibrateSetup, *, sampler: str, scheduler: str, cfg: floa
                latent_shape: tuple[int, ...]) -> Plan:
     """The plan the finished search found, with what it was calibrated on and its cost."""
     search = setup.search
-    if search is None or setup.heads is None or setup.grid is None or setup.widest is None:
+    if (search is None or setup.heads is None or setup.grid is None or setup.widest is None
+            or setup.first_cond is None):
         raise RuntimeError(f"DiTFastAttn Calibrate: no attention call of the {setup.family.name} model "
                            "reached the search; nothing was calibrated")
     grid = search.grid()
     window = setup.window
     info = ModelInfo(setup.family.name, setup.n_layers, setup.heads, math.prod(setup.grid),
-                     setup.widest.n_global, setup.grid)
+                     setup.first_cond.n_global, setup.grid)
     calibration = Calibration(
         steps=len(grid), sampler=sampler, scheduler=scheduler, cfg=float(cfg), delta=setup.delta,
         window=WindowSetting(window.kind, window.fraction, window.radius), search=setup.mode,

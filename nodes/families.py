@@ -147,6 +147,19 @@ class Family:
             n += calls
         return out, n
 
+    def heads(self, dm: torch.nn.Module) -> int | None:
+        """Attention heads of the first compressible block: the first integer attribute named like a
+        head count on it or its submodules (every supported family has one); None if none is found."""
+        blocks = self.blocks(dm)
+        if not blocks:
+            return None
+        for module in blocks[0][2].modules():
+            for name in ("num_heads", "heads", "n_heads", "num_attention_heads"):
+                value = getattr(module, name, None)
+                if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                    return value
+        return None
+
     def grid(self, dm: torch.nn.Module, latent_shape: Sequence[int]) -> Grid:
         """The image token grid (t, h, w) of a latent: each axis padded up to a whole patch, as every
         family's ``pad_to_patch_size`` does."""

@@ -10,12 +10,13 @@ the next step's sigma), which then uses the next row of the plan; no sampler map
 
 Chunks: ``cond_or_uncond`` indexes the conds list a guider handed to ``calc_cond_batch``, and its meaning
 depends on the guider (CFGGuider: 0 = positive; DualCFGGuider: 0 = negative). The cond ``uuids`` do not:
-a chunk is conditional exactly when its uuid belongs to the guider's "positive" conditioning.
+a chunk's role comes from the name under which the guider holds its conditioning (``cond_roles``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 from ..ditfa_core.context import Chunk, Role
 
@@ -38,21 +39,42 @@ def step_for_sigma(sigmas: Sequence[float], sigma: float) -> int:
     return step
 
 
+def cond_roles(conds: Mapping[str, Any]) -> dict[Hashable, Role]:
+    """uuid -> role for a guider's named conditioning (``guider.conds``).
+
+    "positive" lends its attention under ASC (COND). Names that denote an unconditional term
+    ("negative", PerpNeg's "empty_negative_prompt", anything with "uncond") borrow it (UNCOND).
+    Every other name (DualCFGGuider's "middle", a custom guider's extra prompt) is a prompt of its
+    own: computed, neither lending nor borrowing (OTHER), the safe reading of an unknown term.
+    """
+    roles: dict[Hashable, Role] = {}
+    for name, entries in conds.items():
+        low = str(name).lower()
+        role = Role.COND if low == "positive" else \
+            Role.UNCOND if "negative" in low or "uncond" in low else Role.OTHER
+        for entry in entries or []:
+            if isinstance(entry, dict) and "uuid" in entry:
+                roles[entry["uuid"]] = role
+    return roles
+
+
 def chunk_roles(
     cond_or_uncond: Sequence[int],
     uuids: Sequence[Hashable] | None,
-    positive: Collection[Hashable] | None,
+    roles: Mapping[Hashable, Role] | None,
 ) -> tuple[Chunk, ...]:
     """One ``Chunk`` per entry of ``cond_or_uncond``, keyed by its cond uuid.
 
-    ``positive`` is the set of uuids of the guider's positive conditioning. Without it (a guider that
-    names no "positive"), index 0 is taken as conditional, which is CFGGuider's and PerpNeg's order.
-    Without uuids the chunk is keyed by its index, which is stable for standard guiders.
+    ``roles`` maps the guider's cond uuids to their roles (``cond_roles``); a uuid it does not know is
+    OTHER (computed). Without it (a guider that names no conditioning), index 0 is taken as
+    conditional and the rest as unconditional, which is CFGGuider's and PerpNeg's order. Without
+    uuids the chunk is keyed by its index, which is stable for standard guiders.
     """
     keys: Sequence[Hashable] = uuids if uuids is not None and len(uuids) == len(cond_or_uncond) \
         else [f"cond_or_uncond:{c}" for c in cond_or_uncond]
     chunks = []
     for index, key in zip(cond_or_uncond, keys, strict=True):
-        cond = key in positive if positive else index == 0
-        chunks.append(Chunk(key, Role.COND if cond else Role.UNCOND))
+        fallback = Role.COND if index == 0 else Role.UNCOND
+        role = roles.get(key, Role.OTHER) if roles else fallback
+        chunks.append(Chunk(key, role))
     return tuple(chunks)

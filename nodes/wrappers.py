@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
 
 from .families import Family
 from .override import attention_override
-from .run import FORWARD_KEY, OVERRIDE_KEY, RUN_KEY, SETUP_KEY, Attend, Override, Run
+from .run import FORWARD_KEY, OVERRIDE_KEY, RUN_KEY, SETUP_KEY, Override, Run, RunParts
+from .steps import cond_roles
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +40,9 @@ class Setup(Protocol):
     per_thread: bool
 
     def begin(self, diffusion_model: torch.nn.Module, latent_shape: tuple[int, ...],
-              total_steps: int) -> tuple[Attend, Callable[[], None], int | None]:
-        """(attend, close, expected heads) for a run of ``total_steps`` on latents of this shape."""
+              total_steps: int) -> RunParts:
+        """What a run of ``total_steps`` on latents of this shape needs."""
         ...
-
-
-def positive_uuids(guider: Any) -> set[Hashable] | None:
-    """uuids of the guider's positive conditioning: the chunks ASC computes, whatever the guider's
-    conds order (DualCFGGuider lists the negative first)."""
-    conds = getattr(guider, "conds", None) or {}
-    entries = conds.get("positive") or []
-    uuids = {c["uuid"] for c in entries if isinstance(c, dict) and "uuid" in c}
-    return uuids or None
 
 
 def outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
@@ -67,11 +59,11 @@ def outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
         noise, sigmas = args[0], args[3]
         dm = guider.model_patcher.model.diffusion_model
         shape, steps = tuple(noise.shape), max(1, len(sigmas) - 1)
-        attend, close, heads = setup.begin(dm, shape, steps)
+        parts = setup.begin(dm, shape, steps)
         try:
-            lanes = (lambda: setup.begin(dm, shape, steps)[:2]) if setup.per_thread else None
-            run = Run(setup.family, dm, attend, sigmas.tolist(), positive_uuids(guider), setup.prev, heads,
-                      lanes)
+            roles = cond_roles(getattr(guider, "conds", None) or {})
+            lanes = (lambda: setup.begin(dm, shape, steps)) if setup.per_thread else None
+            run = Run(setup.family, dm, parts, sigmas.tolist(), roles, setup.prev, lanes)
             current = to.get(OVERRIDE_KEY)
             if current is not attention_override:
                 # Another node took the slot after ours: keep ours, with theirs as the dense kernel.
@@ -86,19 +78,34 @@ def outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
             finally:
                 run.close()
         finally:
-            close()
+            parts.close()
     finally:
         guider.model_options = orig
 
 
 def calc_cond_batch_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
-    """Counts model evaluations: the key that pairs a conditional forward with its unconditional one
-    (ASC across separate forwards) and keeps Heun's correction apart from the next step."""
-    model_options = args[4] if len(args) > 4 else kwargs.get("model_options", {})
-    run = model_options.get("transformer_options", {}).get(RUN_KEY)
-    if run is not None:
-        run.evaluations += 1
-    return executor(*args, **kwargs)
+    """One model evaluation (``calc_cond_batch(model, conds, x_in, timestep, model_options)``; once per
+    context window under context windows): counts it (the key that pairs a conditional forward with
+    its unconditional one and keeps Heun's correction apart from the next step), records its areas,
+    and at steps that share attention across CFG runs the lending terms before the borrowing ones."""
+    names = ("model", "conds", "x_in", "timestep", "model_options")
+    bound = {**dict(zip(names, args, strict=False)), **kwargs}
+    run = (bound.get("model_options") or {}).get("transformer_options", {}).get(RUN_KEY)
+    if run is None:
+        return executor(*args, **kwargs)
+    conds = bound["conds"]
+    run.begin_evaluation(conds)
+    split = run.lenders_first(conds, bound["timestep"])
+    if split is None:
+        return executor(*args, **kwargs)
+
+    def call(part: list) -> Any:
+        if len(args) > 1:
+            return executor(args[0], part, *args[2:], **kwargs)
+        return executor(*args, **{**kwargs, "conds": part})
+
+    first, rest = call(split[0]), call(split[1])
+    return [a if c is not None else b for a, b, c in zip(first, rest, split[0], strict=True)]
 
 
 def apply_model_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:

@@ -140,6 +140,7 @@ def make_flux(seed: int = 0, cond_len: int = 6, uncond_len: int | None = None) -
     import comfy.supported_models as sm
     from comfy.ldm.flux.model import FluxParams
 
+
     cfg = dict(image_model="flux", guidance_embed=True, in_channels=16, out_channels=16, vec_in_dim=32,
                context_in_dim=32, hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=2, depth_single_blocks=2,
                axes_dim=[8, 12, 12], theta=10000, patch_size=2, qkv_bias=True)

@@ -35,6 +35,7 @@ def mod(name: str) -> ModuleType:
 
 steps = mod("nodes.steps")
 families = mod("nodes.families")
+run_mod = mod("nodes.run")
 Role = mod("ditfa_core.context").Role
 
 SIGMAS = [1.0, 0.75, 0.5, 0.25, 0.0]
@@ -57,21 +58,52 @@ def test_step_for_sigma_denoise_schedule() -> None:
     assert [steps.step_for_sigma(tail, s) for s in tail[:-1]] == [0, 1, 2]
 
 
-def test_chunk_roles_follow_positive_uuids() -> None:
-    chunks = steps.chunk_roles([1, 0], ["neg", "pos"], {"pos"})
+def test_chunk_roles_follow_the_guiders_names() -> None:
+    roles = steps.cond_roles({"positive": [{"uuid": "pos"}], "negative": [{"uuid": "neg"}]})
+    chunks = steps.chunk_roles([1, 0], ["neg", "pos"], roles)
     assert [(c.key, c.role) for c in chunks] == [("neg", Role.UNCOND), ("pos", Role.COND)]
 
 
-def test_chunk_roles_dual_cfg_index_zero_is_negative() -> None:
-    """DualCFGGuider lists [negative, middle, positive]: index 0 must not be taken as conditional."""
-    chunks = steps.chunk_roles([0, 1, 2], ["neg", "mid", "pos"], {"pos"})
-    assert [c.role for c in chunks] == [Role.UNCOND, Role.UNCOND, Role.COND]
+def test_chunk_roles_dual_cfg_middle_prompt_never_borrows() -> None:
+    """DualCFGGuider lists [negative, middle, positive]: index 0 is not conditional, and the middle
+    prompt is a conditional prompt of its own, so it must be computed, not given the positive's rows."""
+    roles = steps.cond_roles({"positive": [{"uuid": "pos"}], "middle": [{"uuid": "mid"}],
+                              "negative": [{"uuid": "neg"}], "empty_negative_prompt": [{"uuid": "e"}]})
+    chunks = steps.chunk_roles([0, 1, 2, 3], ["neg", "mid", "pos", "e"], roles)
+    assert [c.role for c in chunks] == [Role.UNCOND, Role.OTHER, Role.COND, Role.UNCOND]
 
 
 def test_chunk_roles_without_guider_information() -> None:
     chunks = steps.chunk_roles([1, 0], None, None)
     assert [c.role for c in chunks] == [Role.UNCOND, Role.COND]
     assert len({c.key for c in chunks}) == 2
+
+
+def _run(roles: dict, shares: bool = True) -> object:
+    parts = run_mod.RunParts(lambda *a: None, lambda: None, None, lambda step: shares)
+    return run_mod.Run(None, None, parts, [1.0, 0.5, 0.0], roles, None)
+
+
+@pytest.mark.parametrize("order", [["pos", "neg"], ["neg", "pos"], ["neg", "mid", "pos"]])
+def test_lenders_run_first_in_any_guider_order(order: list[str]) -> None:
+    names = {"pos": "positive", "neg": "negative", "mid": "middle"}
+    run = _run(steps.cond_roles({names[u]: [{"uuid": u}] for u in order}))
+    conds = [[{"uuid": u}] for u in order]
+    first, rest = run.lenders_first(conds, torch.tensor([1.0]))
+    assert [c[0]["uuid"] for c in first if c] == ["pos"]
+    assert sorted(c[0]["uuid"] for c in rest if c) == sorted(set(order) - {"pos"})
+    assert _run({}, shares=False).lenders_first(conds, torch.tensor([1.0])) is None
+    assert run.lenders_first([conds[order.index("pos")], None], torch.tensor([1.0])) is None
+
+
+def test_forward_chunks_carry_their_context_window_and_area() -> None:
+    run = _run(steps.cond_roles({"positive": [{"uuid": "p"}], "negative": [{"uuid": "n"}]}))
+    run.family = SimpleNamespace(grid=lambda dm, shape: (1, 2, 2), appended=lambda dm, grid, conds: 0)
+    run.begin_evaluation([[{"uuid": "p", "area": [2, 2, 0, 0]}], [{"uuid": "n"}]])
+    to = {"cond_or_uncond": [0, 1], "uuids": ["p", "n"],
+          "context_window": SimpleNamespace(index_list=[2, 3], dim=2)}
+    fwd = run.forward(torch.zeros(2, 4, 2, 2), None, to)
+    assert [c.tokens for c in fwd.chunks] == [((2, 2, 0, 0), (2, (2, 3))), (None, (2, (2, 3)))]
 
 
 @pytest.mark.parametrize(("family", "n_tokens", "n_text", "start"), [

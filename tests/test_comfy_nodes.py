@@ -49,6 +49,7 @@ def plan_for(pack: ModuleType, tiny: TinyModel, rows: list[str], **model: Any) -
 
 
 def apply(pack: ModuleType, tiny: TinyModel, rows: list[str], **kwargs: Any) -> Any:
+    kwargs.setdefault("mode", "adapt")   # plan_for records no token layout, which strict mode compares
     return mod(pack, "nodes.apply").apply_plan(tiny.patcher, plan_for(pack, tiny, rows), **kwargs)
 
 

@@ -101,7 +101,7 @@ def test_ast_returns_the_output_of_the_last_computed_step():
 
 
 def test_asc_in_one_batch_any_chunk_order_and_more_chunks():
-    for chunks in [(COND, UNCOND), (UNCOND, COND), (UNCOND, COND, Chunk("extra", Role.COND))]:
+    for chunks in [(COND, UNCOND), (UNCOND, COND), (UNCOND, COND, Chunk("neg2", Role.UNCOND))]:
         e = engine("ASC")
         q, k, v = qkv(1, b=2 * len(chunks))
         out = e(q, k, v, ctx(0, chunks))
@@ -110,7 +110,34 @@ def test_asc_in_one_batch_any_chunk_order_and_more_chunks():
         expect_cond = dense(q[rows["cond"]], k[rows["cond"]], v[rows["cond"]])
         torch.testing.assert_close(out[rows["cond"]], expect_cond)
         assert torch.equal(out[rows["uncond"]], out[rows["cond"]])
-        assert e.stats.chunks["share"] == 1
+        assert e.stats.chunks["share"] == len(chunks) - 1
+
+
+def test_asc_never_lends_to_another_conditional_prompt():
+    """DualCFG's middle prompt (OTHER) is computed; only the unconditional rows borrow."""
+    chunks = (UNCOND, Chunk("middle", Role.OTHER), COND)
+    e = engine("ASC")
+    q, k, v = qkv(3, b=3)
+    out = e(q, k, v, ctx(0, chunks))
+    torch.testing.assert_close(out[1:2], dense(q[1:2], k[1:2], v[1:2]))
+    assert torch.equal(out[0:1], out[2:3]) and not torch.equal(out[1:2], out[2:3])
+    assert e.stats.chunks["share"] == 1
+
+
+def test_caches_and_cfg_pairs_are_per_token_subset():
+    """Two forwards over different parts of the latent (context windows, areas) with the same shape
+    and chunk keys: neither reads the other's output, and ASC pairs only within a part."""
+    a, b = (Chunk("cond", Role.COND, "w0"), Chunk("uncond", Role.UNCOND, "w0")), \
+        (Chunk("cond", Role.COND, "w1"), Chunk("uncond", Role.UNCOND, "w1"))
+    e = engine("FULL", "AST")
+    oa, ob = e(*qkv(0), ctx(0, a)), e(*qkv(1), ctx(0, b))
+    assert torch.equal(e(*qkv(2), ctx(1, a)), oa) and torch.equal(e(*qkv(3), ctx(1, b)), ob)
+    e = engine("ASC")
+    oc = e(*qkv(4, b=1), ctx(0, a[:1], eval_key=1))
+    qu, ku, vu = qkv(5, b=1)
+    torch.testing.assert_close(e(qu, ku, vu, ctx(0, b[1:], eval_key=1)), dense(qu, ku, vu))
+    assert e.stats.fallbacks == 1
+    assert torch.equal(e(qu, ku, vu, ctx(0, a[1:], eval_key=1)), oc)
 
 
 def test_asc_separate_calls_conditional_first():

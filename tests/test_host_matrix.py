@@ -38,5 +38,6 @@ def test_real_host_suites_pass_on_every_host(var: str) -> None:
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=3600)
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-2000:]
     logger.info("real-host tests on %s (%s): %s", root, var, summary)
-    assert done.returncode == 0, f"real-host tests failed on {root}:\n{done.stdout[-6000:]}\n{done.stderr[-2000:]}"
+    tail = f"{done.stdout[-6000:]}\n{done.stderr[-2000:]}"
+    assert done.returncode == 0, f"real-host tests failed on {root}:\n{tail}"
     assert "skipped" not in summary or "passed" in summary, summary

@@ -329,6 +329,35 @@ def test_resampling_promotes_a_window_step_whose_full_step_was_dropped():
     assert plan2.resampled(2) == ((ASC,), ((F, F),))
 
 
+def _one_layer(column: str) -> Plan:
+    model = ModelInfo("dit", num_layers=1, num_heads=2, n_image_tokens=4)
+    grid = tuple((Strategy(name),) for name in column.split())
+    return Plan(model, grid, Cost.estimate(grid, 0.25))
+
+
+def _run_column(plan: Plan, steps: int) -> str:
+    return " ".join(row[0].value for row in plan.resampled(steps))
+
+
+@pytest.mark.parametrize(("steps", "expect"), [
+    (6, "FULL WA_RS WA_RS FULL WA_RS WA_RS"),
+    (3, "FULL WA_RS FULL"),                        # rows 0 2 4: row 4's FULL (row 3) was skipped
+    (2, "FULL FULL"),                              # rows 0 3
+    (4, "FULL WA_RS FULL WA_RS"),                  # rows 0 1 3 4
+    (5, "FULL WA_RS WA_RS FULL WA_RS"),            # rows 0 1 2 3 4
+    (12, "FULL FULL WA_RS WA_RS WA_RS WA_RS FULL FULL WA_RS WA_RS WA_RS WA_RS"),
+])
+def test_a_window_step_uses_the_residual_of_its_own_full_row_or_runs_full(steps: int, expect: str):
+    """The rule of plans/README.md: a WA-RS step adds the residual of the FULL step its plan row refers
+    to (the last FULL row before it), or computes FULL, which then stands for that row."""
+    assert _run_column(_one_layer("FULL WA_RS WA_RS FULL WA_RS WA_RS"), steps) == expect
+
+
+def test_a_promoted_full_step_serves_the_window_steps_of_the_same_source():
+    plan = _one_layer("FULL WA_RS WA_RS FULL WA_RS WA_RS WA_RS WA_RS")
+    assert _run_column(plan, 4) == "FULL WA_RS FULL WA_RS"     # rows 0 2 4 6; row 4 stands for row 3
+
+
 def test_strategy_at_refuses_headwise_cells():
     plan = _plan()
     assert plan.is_headwise
@@ -341,32 +370,42 @@ def test_strategy_at_refuses_headwise_cells():
 # -- fitting ------------------------------------------------------------------------------------------
 
 
+def _fields(info: ModelInfo) -> dict:
+    return {k: getattr(info, k) for k in ModelInfo.__dataclass_fields__}
+
+
 def test_check_fits_same_model():
-    _plan().check_fits(MODEL)
+    _plan().check_fits(**_fields(MODEL))
+    _plan().check_fits(family="DIT", num_layers=3)   # fields not given are not compared
 
 
-def test_check_fits_names_every_difference():
+def test_check_fits_names_every_difference_without_saying_strict_in_adapt():
     other = ModelInfo("flux", num_layers=4, num_heads=3, n_image_tokens=16, n_text_tokens=4, grid=(1, 4, 4))
     with pytest.raises(PlanError) as err:
-        _plan().check_fits(other, strict=False)
+        _plan().check_fits(strict=False, **_fields(other))
     assert str(err.value) == (
-        "plan does not fit the model (adapt check): family: plan is for 'dit', model is 'flux'; "
+        "plan does not fit the model: family: plan has 'dit', model has 'flux'; "
         "layers: plan has 3, model has 4; heads: plan has 2, model has 3"
     )
 
 
-def test_check_fits_strict_refuses_another_layout_adapt_accepts_it():
-    bigger = ModelInfo("DiT", num_layers=3, num_heads=2, n_image_tokens=64, n_text_tokens=8, grid=(1, 8, 8))
-    with pytest.raises(PlanError, match=r"strict check.*n_image_tokens: plan has 16, model has 64; "
-                                        r"n_text_tokens: plan has 4, model has 8"):
-        _plan().check_fits(bigger)
-    _plan().check_fits(bigger, strict=False)
+def test_check_fits_strict_lists_every_difference_adapt_accepts_the_layout():
+    bigger = ModelInfo("DiT", num_layers=3, num_heads=4, n_image_tokens=64, n_text_tokens=8, grid=(1, 8, 8))
+    with pytest.raises(PlanError) as err:
+        _plan().check_fits(**_fields(bigger))
+    assert str(err.value).startswith(
+        "plan does not fit the model: heads: plan has 2, model has 4; n_image_tokens: plan has 16, model has "
+        "64; n_text_tokens: plan has 4, model has 8; grid: plan has (1, 4, 4), model has (1, 8, 8) (strict")
+    with pytest.raises(PlanError, match="heads") as err:
+        _plan().check_fits(strict=False, **_fields(bigger))
+    assert "strict" not in str(err.value) and "n_image_tokens" not in str(err.value)
+    _plan().check_fits(strict=False, **{**_fields(bigger), "num_heads": 2})
 
 
 def test_adapt_never_allows_other_layer_counts():
     fewer = ModelInfo("dit", num_layers=2, num_heads=2, n_image_tokens=16, n_text_tokens=4, grid=(1, 4, 4))
     with pytest.raises(PlanError, match="layers: plan has 3, model has 2"):
-        _plan().check_fits(fewer, strict=False)
+        _plan().check_fits(strict=False, **_fields(fewer))
 
 
 def test_readme_example_is_a_valid_plan():

@@ -1,13 +1,18 @@
-// DiTFastAttn plan heatmap for the ComfyUI canvas: parse a plan's JSON (never eval) and draw it as
-// steps x layers coloured by strategy, with a legend and the plan's cost and calibration as text.
+// DiTFastAttn plan heatmap for the ComfyUI canvas: draw a plan (read by ditfa_plan.js, never eval) as
+// steps x layers coloured by strategy, with a legend and the plan's cost and calibration as text. A plan
+// larger than the panel is drawn downsampled (one sampled cell per drawn cell), so drawing costs the
+// same for 10 cells and for 250,000.
 //
-// Plain ES module, no build step, no ComfyUI imports: ditfastattn.js wires it to the nodes, and the
-// browser test loads it on its own. Colours and labels are those of ditfa_core/heatmap.py (a pytest
+// Plain ES modules, no build step, no ComfyUI imports: ditfastattn.js wires them to the nodes, and the
+// browser test loads them on their own. Colours and labels are those of ditfa_core/heatmap.py (a pytest
 // compares the two tables), so a plan looks the same in a node, in the README and on the command line.
 
-export const MAX_PLAN_CHARS = 8 * 1024 * 1024; // the Python reader's limit (ditfa_core/plan.py)
+import { MAX_TEXT_CHARS, STRATEGY_NAMES, parsePlan } from "./ditfa_plan.js";
 
-export const STRATEGIES = ["FULL", "AST", "WA_RS", "ASC", "WA_RS_ASC"];
+export { parsePlan };
+export const MAX_PLAN_CHARS = MAX_TEXT_CHARS; // the Python reader's limit (ditfa_core/plan.py)
+
+export const STRATEGIES = STRATEGY_NAMES;
 
 export const COLOURS = {
   FULL: [222, 222, 222],
@@ -26,7 +31,6 @@ export const LABELS = {
 };
 
 const rgb = (c) => `rgb(${c[0]},${c[1]},${c[2]})`;
-const isInt = (v) => typeof v === "number" && Number.isInteger(v);
 const isObj = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
 
 function fmtG(x) {
@@ -35,67 +39,16 @@ function fmtG(x) {
   return String(Number(x.toPrecision(6)));
 }
 
-/**
- * Parse plan text for display. Returns {plan} or {error}; never throws, never evaluates code.
- * The checks are the ones drawing needs (shape, strategy names); the server validates fully
- * (Plan.from_json) when the workflow runs, so a plan drawn here may still be refused there.
- */
-export function parsePlan(text) {
-  if (typeof text !== "string") return { error: "no plan" };
-  if (text.length > MAX_PLAN_CHARS) return { error: `plan too large: ${text.length} characters` };
-  const trimmed = text.replace(/^\uFEFF/, "").trim();
-  if (!trimmed) return { error: "no plan" };
-  let data;
-  try {
-    data = JSON.parse(trimmed);
-  } catch (e) {
-    return { error: `not JSON: ${e.message}` };
-  }
-  if (!isObj(data) || data.format !== "ditfastattn-plan") return { error: "not a DiTFastAttn plan" };
-  if (data.version !== 1) return { error: `unsupported plan version ${JSON.stringify(data.version)}` };
-  const model = data.model;
-  if (!isObj(model) || !isInt(model.num_layers) || model.num_layers < 1) return { error: "model.num_layers" };
-  if (!isInt(data.steps) || data.steps < 1 || data.steps > 10000) return { error: "steps" };
-  if (!Array.isArray(data.grid) || data.grid.length !== data.steps) {
-    return { error: `grid: ${Array.isArray(data.grid) ? data.grid.length : "no"} rows, steps says ${data.steps}` };
-  }
-  const grid = [];
-  for (let s = 0; s < data.grid.length; s++) {
-    const row = data.grid[s];
-    if (!Array.isArray(row) || row.length !== model.num_layers) {
-      return { error: `grid[${s}]: expected ${model.num_layers} cells` };
-    }
-    const cells = [];
-    for (let l = 0; l < row.length; l++) {
-      const cell = row[l];
-      const heads = Array.isArray(cell) ? cell : [cell];
-      if (heads.length === 0 || !heads.every((h) => typeof h === "string" && h in COLOURS)) {
-        return { error: `grid[${s}][${l}]: unknown strategy ${JSON.stringify(cell)}` };
-      }
-      cells.push(heads);
-    }
-    grid.push(cells);
-  }
-  const cost = isObj(data.cost) ? data.cost : {};
-  const cal = isObj(data.calibration) ? data.calibration : null;
-  return {
-    plan: {
-      family: typeof model.family === "string" ? model.family : "?",
-      steps: data.steps,
-      layers: model.num_layers,
-      grid,
-      flops: typeof cost.attn_flops_fraction === "number" ? cost.attn_flops_fraction : null,
-      calibration: cal,
-    },
-  };
-}
-
 /** Share of each strategy over all cells (head-wise cells count 1/heads per head). */
 export function shares(plan) {
-  const counts = Object.fromEntries(STRATEGIES.map((s) => [s, 0]));
-  for (const row of plan.grid) for (const heads of row) for (const h of heads) counts[h] += 1 / heads.length;
+  if (plan.shares) return plan.shares; // computed once per plan, not per frame
+  const counts = new Map(STRATEGIES.map((s) => [s, 0]));
+  for (const row of plan.grid) {
+    for (const heads of row) for (const h of heads) counts.set(h, counts.get(h) + 1 / heads.length);
+  }
   const total = plan.steps * plan.layers;
-  return Object.fromEntries(STRATEGIES.map((s) => [s, counts[s] / total]));
+  plan.shares = Object.fromEntries(STRATEGIES.map((s) => [s, counts.get(s) / total]));
+  return plan.shares;
 }
 
 /** The caption lines (those of ditfa_core/heatmap.py; a radius is labelled as one). */
@@ -137,29 +90,37 @@ function wrap(ctx, text, width) {
   return out;
 }
 
+const MAX_ROWS = 240; // drawn layer rows: 720 px of 3 px rows
+
 /**
- * Cell sizes for a panel `width` px wide: columns share the width (at least 2 px, at most 24),
- * rows are as tall as the columns are wide within [3, 12] px, so 60 layers stay under 720 px
- * and 50 steps fit a 400 px node.
+ * The drawn grid for a panel `width` px wide: `cols` columns (steps) of `cw` px in [2, 24] and `rows`
+ * rows (layers) of `ch` px in [3, 12], rows as tall as columns are wide, so 60 layers stay under
+ * 720 px and 50 steps fit a 400 px node. More steps than 2 px columns, or more than MAX_ROWS layers,
+ * are sampled: drawn column i shows step floor(i * steps / cols), and likewise for rows.
  */
 export function layout(plan, width) {
-  const cw = Math.max(2, Math.min(24, Math.floor((width - LEFT - 2 * PAD) / plan.steps)));
-  const ch = Math.max(3, Math.min(12, cw, Math.floor(720 / plan.layers)));
+  const avail = Math.max(2, width - LEFT - 2 * PAD);
+  const cols = Math.min(plan.steps, Math.floor(avail / 2));
+  const cw = Math.max(2, Math.min(24, Math.floor(avail / cols)));
+  const rows = Math.min(plan.layers, MAX_ROWS);
+  const ch = Math.max(3, Math.min(12, cw, Math.floor(720 / rows)));
   const legendCols = width >= 360 ? 2 : 1;
   const legendRows = Math.ceil(STRATEGIES.length / legendCols);
-  return { cw, ch, legendCols, legendRows };
+  return { cols, rows, cw, ch, legendCols, legendRows };
 }
+
+const sampled = (i, drawn, total) => Math.floor((i * total) / drawn);
 
 /** Height in px of the panel for `parsed` (a parsePlan result) at `width`; `ctx` measures text. */
 export function panelHeight(ctx, parsed, width) {
   if (!parsed || !parsed.plan) return PAD * 2 + LINE * 2;
   const plan = parsed.plan;
-  const { ch, legendRows } = layout(plan, width);
+  const { rows, ch, legendRows } = layout(plan, width);
   ctx.save();
   ctx.font = "11px sans-serif";
   const textLines = caption(plan).flatMap((l) => wrap(ctx, l, width - 2 * PAD)).length;
   ctx.restore();
-  return PAD + textLines * LINE + 4 + plan.layers * ch + LINE + legendRows * LEGEND_ROW + PAD;
+  return PAD + textLines * LINE + 4 + rows * ch + LINE + legendRows * LEGEND_ROW + PAD;
 }
 
 /**
@@ -182,7 +143,7 @@ export function drawPanel(ctx, parsed, x, y, width, emptyNote) {
     return height;
   }
   const plan = parsed.plan;
-  const { cw, ch, legendCols } = layout(plan, width);
+  const { cols, rows, cw, ch, legendCols } = layout(plan, width);
   let ty = y + PAD;
   ctx.fillStyle = "#000";
   for (const l of caption(plan).flatMap((t) => wrap(ctx, t, width - 2 * PAD))) {
@@ -192,33 +153,37 @@ export function drawPanel(ctx, parsed, x, y, width, emptyNote) {
   const gx = x + PAD + LEFT;
   const gy = ty + 4;
   const gap = cw >= 5 && ch >= 5 ? 1 : 0; // a gap between cells when they are big enough to afford it
-  for (let s = 0; s < plan.steps; s++) {
-    for (let l = 0; l < plan.layers; l++) {
-      const heads = plan.grid[s][l];
-      const x0 = gx + s * cw;
-      for (let h = 0; h < heads.length; h++) { // a head-wise cell: one stripe per head
-        const hx0 = x0 + Math.floor((cw * h) / heads.length);
-        const hx1 = x0 + Math.floor((cw * (h + 1)) / heads.length) - (h === heads.length - 1 ? gap : 0);
-        ctx.fillStyle = rgb(COLOURS[heads[h]]);
-        ctx.fillRect(hx0, gy + l * ch, Math.max(1, hx1 - hx0), Math.max(1, ch - gap));
+  for (let i = 0; i < cols; i++) {
+    const row = plan.grid[sampled(i, cols, plan.steps)];
+    const x0 = gx + i * cw;
+    for (let j = 0; j < rows; j++) {
+      const heads = row[sampled(j, rows, plan.layers)];
+      const stripes = Math.min(heads.length, cw); // a head-wise cell: one stripe per head, at most 1 px each
+      for (let h = 0; h < stripes; h++) {
+        const hx0 = x0 + Math.floor((cw * h) / stripes);
+        const hx1 = x0 + Math.floor((cw * (h + 1)) / stripes) - (h === stripes - 1 ? gap : 0);
+        ctx.fillStyle = rgb(COLOURS[heads[sampled(h, stripes, heads.length)]]);
+        ctx.fillRect(hx0, gy + j * ch, Math.max(1, hx1 - hx0), Math.max(1, ch - gap));
       }
     }
   }
   ctx.fillStyle = "#000";
   ctx.font = "9px sans-serif";
   const everyL = Math.max(1, Math.ceil(11 / ch)); // label rows/columns so labels never overlap
-  for (let l = 0; l < plan.layers; l += everyL) {
-    ctx.fillText(`L${l}`, x + PAD, gy + l * ch + Math.max(0, (ch - 9) / 2));
+  for (let j = 0; j < rows; j += everyL) {
+    ctx.fillText(`L${sampled(j, rows, plan.layers)}`, x + PAD, gy + j * ch + Math.max(0, (ch - 9) / 2));
   }
   const everyS = Math.max(1, Math.ceil(18 / cw));
-  for (let s = 0; s < plan.steps; s += everyS) ctx.fillText(String(s), gx + s * cw, gy + plan.layers * ch + 2);
+  for (let i = 0; i < cols; i += everyS) {
+    ctx.fillText(String(sampled(i, cols, plan.steps)), gx + i * cw, gy + rows * ch + 2);
+  }
   ctx.textAlign = "right";
-  ctx.fillText("step", x + width - PAD, gy + plan.layers * ch + 2);
+  ctx.fillText("step", x + width - PAD, gy + rows * ch + 2);
   ctx.textAlign = "left";
   ctx.font = "11px sans-serif";
   const share = shares(plan);
   const colW = (width - 2 * PAD) / legendCols;
-  const ly = gy + plan.layers * ch + LINE;
+  const ly = gy + rows * ch + LINE;
   STRATEGIES.forEach((s, i) => {
     const lx = x + PAD + (i % legendCols) * colW;
     const yy = ly + Math.floor(i / legendCols) * LEGEND_ROW;

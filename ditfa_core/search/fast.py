@@ -62,7 +62,7 @@ class FastSearch(PlanSearch):
         self.gain: float | None = None   # model-output error per unit of summed local error, learnt
         self._probing = False
         self._err: dict[tuple[int, Strategy], list[float]] = {}   # (layer, m) -> [error sum, elements]
-        self._partners: dict[int, _Partner] = {}
+        self._partners: dict[tuple[int, Hashable], _Partner] = {}   # (layer, tokens) ->
         self._saw_uncond = False
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: CallContext,
@@ -93,43 +93,58 @@ class FastSearch(PlanSearch):
         w = windowed_attention(q, k, v, self.engine.pattern(layout), backend=self.engine.backend,
                                scale=ctx.scale)
 
-        last = [st.output(layer, c.key, q[r], layout, step) for c, r in zip(chunks, rows, strict=True)]
+        last = [st.output(layer, c.slot, q[r], layout, step) for c, r in zip(chunks, rows, strict=True)]
         self._add(layer, Strategy.AST, o, torch.cat(last) if all(x is not None for x in last) else None)
-        res = [st.residual(layer, c.key, q[r], layout, step) for c, r in zip(chunks, rows, strict=True)]
+        res = [st.residual(layer, c.slot, q[r], layout, step) for c, r in zip(chunks, rows, strict=True)]
         wr = w + torch.cat(res) if all(x is not None for x in res) else None
         self._add(layer, Strategy.WA_RS, o, wr)
 
-        src = cfg.first_cond(chunks)
-        if any(c.role is not Role.COND for c in chunks):
+        if any(c.role is Role.UNCOND for c in chunks):
             self._saw_uncond = True
-        if src is not None:
-            asc, wasc = o.clone(), (wr.clone() if wr is not None else None)
-            for i, c in enumerate(chunks):
-                if c.role is not Role.COND:
-                    asc[rows[i]] = o[rows[src]]
-                    if wasc is not None:
-                        wasc[rows[i]] = wr[rows[src]]
-            if all(c.role is Role.COND for c in chunks):
-                # Separate conditional call: its partner comes later in this evaluation.
-                self._partners[layer] = _Partner(ctx.eval_key, o[rows[src]],
-                                                 wr[rows[src]] if wr is not None else None, layout)
-        else:
-            asc = wasc = None
-            p = self._partners.get(layer)
-            if (p is not None and p.eval_key == ctx.eval_key and cfg.can_share(p.layout, layout)
-                    and p.full.shape[0] == q.shape[0]):
-                asc = cfg.share(p.full, p.layout, q, k, v, layout, dense)
-                if p.window_rs is not None and wr is not None:
-                    wasc = cfg.share(p.window_rs, p.layout, q, k, v, layout, dense)
+        asc, wasc = self._cfg_candidates(layer, o, wr, q, k, v, ctx, rows, dense)
+        if cfg.lends_only(chunks):
+            # Separate conditional call: its partner comes later in this evaluation.
+            for c, r in zip(chunks, rows, strict=True):
+                if c.role is Role.COND:
+                    self._partners[(layer, c.tokens)] = _Partner(
+                        ctx.eval_key, o[r], wr[r] if wr is not None else None, layout)
         self._add(layer, Strategy.ASC, o, asc)
         self._add(layer, Strategy.WA_RS_ASC, o, wasc)
 
         for c, r in zip(chunks, rows, strict=True):   # what a FULL step leaves behind
-            st.put_output(layer, c.key, o[r], layout, step)
-            st.put_residual(layer, c.key, o[r] - w[r], layout, step)
+            st.put_output(layer, c.slot, o[r], layout, step)
+            st.put_residual(layer, c.slot, o[r] - w[r], layout, step)
         return o
 
     # -- 2. choose ---------------------------------------------------------------------------
+
+    def _cfg_candidates(
+        self, layer: int, o: torch.Tensor, wr: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor,
+        v: torch.Tensor, ctx: CallContext, rows: list[slice], dense: DenseFn,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """What ASC and WA-RS+ASC would output for this call: each unconditional chunk takes its
+        lender's rows (same batch) or its separate conditional call's (same evaluation and tokens);
+        (None, None) when some unconditional chunk has neither, so the candidate cannot be scored."""
+        asc, wasc = o.clone(), (wr.clone() if wr is not None else None)
+        for i, c in enumerate(ctx.chunks):
+            if c.role is not Role.UNCOND:
+                continue
+            r, src = rows[i], cfg.lender(ctx.chunks, i)
+            if src is not None:
+                asc[r] = o[rows[src]]
+                if wasc is not None and wr is not None:
+                    wasc[r] = wr[rows[src]]
+                continue
+            p = self._partners.get((layer, c.tokens))
+            if (p is None or p.eval_key != ctx.eval_key or not cfg.can_share(p.layout, ctx.layout)
+                    or p.full.shape[0] != asc[r].shape[0]):
+                return None, None
+            asc[r] = cfg.share(p.full, p.layout, q[r], k[r], v[r], ctx.layout, dense)
+            if wasc is not None and p.window_rs is not None:
+                wasc[r] = cfg.share(p.window_rs, p.layout, q[r], k[r], v[r], ctx.layout, dense)
+            else:
+                wasc = None
+        return asc, wasc
 
     def _local(self, layer: int, m: Strategy) -> float:
         if m.shares_cfg and not self._saw_uncond:

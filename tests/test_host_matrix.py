@@ -20,7 +20,9 @@ from comfy_host import HOSTS, REPO_ROOT, find_comfyui
 
 logger = logging.getLogger(__name__)
 
-REAL_HOST_FILES = ("tests/test_comfy_harness.py", "tests/test_comfy_nodes.py", "tests/test_comfy_2026.py")
+#: The test files that need a ComfyUI (the browser end-to-end test starts its own server: run it per host).
+REAL_HOST_FILES = ("tests/test_comfy_harness.py", "tests/test_comfy_nodes.py", "tests/test_comfy_2026.py",
+                   "tests/test_comfy_faults.py", "tests/test_workflows_web.py", "tests/test_benchmarks.py")
 
 
 @pytest.mark.slow

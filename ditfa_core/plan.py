@@ -54,6 +54,8 @@ Cell = Strategy | tuple[Strategy, ...]
 Grid = tuple[tuple[Cell, ...], ...]
 
 _STRATEGY_NAMES = ", ".join(s.value for s in Strategy)
+_BY_NAME: dict[str, Strategy] = {s.value: s for s in Strategy}
+_WINDOWED = frozenset(s for s in Strategy if s.uses_window)
 
 
 class PlanError(ValueError):
@@ -399,20 +401,21 @@ def _history_gaps(grid: Sequence[Sequence[Cell]], heads: int) -> list[Gap]:
     found: list[Gap] = []
     for layer in range(len(grid[0])):
         has_full = [False] * heads
+        all_full = False
         for step, row in enumerate(grid):
             cell = row[layer]
             if isinstance(cell, Strategy):
-                why = _gap(cell, step, all(has_full))
-                if why:
-                    found.append((step, layer, None, why))
+                if (step == 0 and cell is Strategy.AST) or (cell in _WINDOWED and not all_full):
+                    found.append((step, layer, None, _gap(cell, step, all_full) or ""))
                 if cell is Strategy.FULL:
-                    has_full = [True] * heads
+                    has_full, all_full = [True] * heads, True
                 continue
             for head, strategy in enumerate(cell):
                 why = _gap(strategy, step, has_full[head])
                 if why:
                     found.append((step, layer, head, why))
                 has_full[head] = has_full[head] or strategy is Strategy.FULL
+            all_full = all(has_full)
     return found
 
 
@@ -520,8 +523,9 @@ class Plan:
                             f"(model.num_heads), got {len(cell)}"
                         )
                     cells.append(tuple(_strategy(s, _cell_name(step, layer, h)) for h, s in enumerate(cell)))
-                else:
-                    cells.append(_strategy(cell, _cell_name(step, layer)))
+                else:   # the common case first: an exact name, without building a location string
+                    known = _BY_NAME.get(cell) if isinstance(cell, str) else None
+                    cells.append(known if known is not None else _strategy(cell, _cell_name(step, layer)))
             rows.append(tuple(cells))
         return tuple(rows)
 

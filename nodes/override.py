@@ -53,9 +53,11 @@ def keeps_every_key(mask: torch.Tensor) -> bool:
     return False
 
 
+@torch.compiler.disable
 def attention_override(func: Any, *args: Any, **kwargs: Any) -> Any:
     """The function installed in the override slot; a module-level function, so that ModelPatcher
-    clones (which deep-copy model options) keep it by identity."""
+    clones (which deep-copy model options) keep it by identity. Excluded from torch.compile: see
+    ``Run.attention`` (its per-call bookkeeping, the block's call counter, is mutable state too)."""
     to = kwargs.get("transformer_options")
     run: Run | None = to.get(RUN_KEY) if isinstance(to, dict) else None
     if run is None:

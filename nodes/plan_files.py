@@ -1,9 +1,10 @@
 """Where plans live on disk: the pack's shipped ``plans/`` and ``models/ditfa_plans`` (where plans are
 saved), registered with ComfyUI's folder_paths so that extra_model_paths.yaml can add more.
 
-Plans and file names come from workflows shared on the internet: every name is resolved by ComfyUI's
-``get_full_path`` (which normalises away ``..``) and must then lie, links resolved, inside one of the
-registered folders; a save never overwrites and never leaves the save folder.
+Plans and file names come from workflows shared on the internet. A plan file is a regular ``.json``
+file reached from a registered folder without following a symbolic link: the Load list shows exactly
+those (symlinked, dangling or looping entries never appear), and a name is loaded only if it is one of
+them; a save never overwrites and never leaves the save folder.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 from pathlib import Path
 
 from ..ditfa_core.plan import Plan, PlanError
@@ -20,7 +22,7 @@ log = logging.getLogger(__name__)
 FOLDER = "ditfa_plans"
 EXTENSIONS = {".json"}
 SHIPPED = Path(__file__).resolve().parent.parent / "plans"
-_PREFIX = re.compile(r"^[\w\-. ]{1,100}$")
+_PREFIX = re.compile(r"[\w\-. ]{1,100}")   # used with fullmatch: no trailing newline slips through
 
 
 def register() -> None:
@@ -33,10 +35,38 @@ def register() -> None:
     folder_paths.folder_names_and_paths[FOLDER] = (list(dict.fromkeys(wanted)), set(EXTENSIONS))
 
 
+def _plan_file(folder: str, rel: str) -> str | None:
+    """``folder/rel`` when it is a regular plan file and no component below ``folder`` is a link."""
+    parts = [p for p in rel.replace("\\", "/").split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        return None
+    if os.path.splitext(parts[-1])[1] not in EXTENSIONS:
+        return None
+    path = folder
+    for i, part in enumerate(parts):
+        path = os.path.join(path, part)
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            return None
+        if not (stat.S_ISREG(mode) if i == len(parts) - 1 else stat.S_ISDIR(mode)):
+            return None   # a link, a missing entry, or something other than a directory or file
+    return path
+
+
 def list_plans() -> list[str]:
+    """Names of the plan files in the plans folders (``_plan_file``), without following links."""
     import folder_paths
 
-    return folder_paths.get_filename_list(FOLDER)
+    names: set[str] = set()
+    for folder in folder_paths.get_folder_paths(FOLDER):
+        for dirpath, dirs, files in os.walk(folder, followlinks=False):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            for f in files:
+                rel = os.path.relpath(os.path.join(dirpath, f), folder).replace(os.sep, "/")
+                if _plan_file(folder, rel):
+                    names.add(rel)
+    return sorted(names)
 
 
 def _inside(path: str, folders: list[str]) -> bool:
@@ -44,14 +74,29 @@ def _inside(path: str, folders: list[str]) -> bool:
     return any(os.path.commonpath([real, os.path.realpath(f)]) == os.path.realpath(f) for f in folders)
 
 
-def load_plan(name: str) -> Plan:
-    """The plan file ``name`` from the plans folders; PlanError for anything outside them or invalid."""
+def find_plan(name: str) -> str | None:
+    """The path of the plan file ``name`` (as ``list_plans`` names it), or None."""
     import folder_paths
 
-    path = folder_paths.get_full_path(FOLDER, name)
-    if path is None or not _inside(path, folder_paths.get_folder_paths(FOLDER)):
-        raise PlanError(f"no plan named {name!r} in the plans folders ({FOLDER})")
+    for folder in folder_paths.get_folder_paths(FOLDER):
+        path = _plan_file(folder, name)
+        if path is not None:
+            return path
+    return None
+
+
+def load_plan(name: str) -> Plan:
+    """The plan file ``name``; PlanError for a name ``list_plans`` does not list, or an invalid plan."""
+    path = find_plan(name)
+    if path is None:
+        raise PlanError(f"no plan named {_short(name)} in the plans folders ({FOLDER}); choose one from "
+                        "the list")
     return Plan.load(path)
+
+
+def _short(name: str) -> str:
+    text = repr(name)
+    return text if len(text) <= 80 else f"{text[:80]}..."
 
 
 def save_plan(plan: Plan, prefix: str) -> str:
@@ -59,9 +104,9 @@ def save_plan(plan: Plan, prefix: str) -> str:
     file name. Exclusive creation: an existing file is never replaced, even by a concurrent save."""
     import folder_paths
 
-    if not _PREFIX.match(prefix) or prefix.strip(". ") == "":
-        raise PlanError(f"filename prefix {prefix!r}: use letters, digits, spaces, '-', '_' or '.', "
-                        "no folders")
+    if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix) or prefix.strip(". ") == "":
+        raise PlanError(f"filename prefix {_short(prefix)}: use 1 to 100 letters, digits, spaces, '-', '_' "
+                        "or '.', no folders")
     folder = folder_paths.get_folder_paths(FOLDER)[0]
     os.makedirs(folder, exist_ok=True)
     text = plan.to_json()

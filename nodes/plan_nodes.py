@@ -8,7 +8,7 @@ from typing import Any
 from comfy_api.latest import io, ui
 
 from ..ditfa_core.plan import Plan
-from .plan_files import FOLDER, list_plans, load_plan, save_plan
+from .plan_files import find_plan, list_plans, load_plan, save_plan
 from .plan_type import CATEGORY, DitfaPlan
 
 
@@ -35,9 +35,7 @@ class DiTFastAttnLoadPlan(io.ComfyNode):
         """Reload when the file changes on disk, not only when its name does."""
         if plan_json.strip():
             return plan_json
-        import folder_paths
-
-        path = folder_paths.get_full_path(FOLDER, plan_file) if plan_file else None
+        path = find_plan(plan_file) if plan_file else None
         return (plan_file, os.path.getmtime(path)) if path else plan_file
 
     @classmethod

@@ -293,6 +293,7 @@ class Run:
         area = self.areas.get(key)
         return None if area is None and window is None else (area, window)
 
+    @torch.compiler.disable
     def attention(
         self,
         q: torch.Tensor,
@@ -304,7 +305,11 @@ class Run:
         scale: float | None = None,
     ) -> torch.Tensor | None:
         """Attention of (B, H, N, D) tensors through the engine (``scale``: the host's softmax scale);
-        None when the call's tokens do not match the family's layout (the caller computes it untouched)."""
+        None when the call's tokens do not match the family's layout (the caller computes it untouched).
+
+        Never traced by torch.compile (like ``attention_override``): the engine's choices depend on the
+        step, its caches and counters change every call, and guards on them would recompile the model
+        until dynamo's recompile limit; the attention kernels run eagerly between compiled graphs."""
         layout = self.family.layout(q.shape[2], fwd.grid, fwd.n_text, fwd.n_after)
         if layout is None:
             self.say_once(("layout", q.shape[2], fwd.grid), "%s: a call of %d tokens does not fit image grid "

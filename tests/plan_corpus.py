@@ -65,8 +65,7 @@ def hostile_texts() -> dict[str, str]:
         "400-digit integer in an integer field": with_(["model", "n_image_tokens"], 10**400),
         "4,000-digit grid dimensions": with_(["model", "grid"], [10**3999, 10**3999, 1]),
         "5,000-digit integer": text.replace('"cfg": 4.5', '"cfg": ' + "9" * 5000),
-        "7 MB string in a field": with_(["calibration", "sampler"], "x" * 7_000_000)
-        .replace('"created": "2025-01-02T03:04:05+00:00"', '"created": "2025"'),
+        "7 MB string in a field": with_(["calibration", "created"], "x" * 7_000_000),
         "7 MB unknown key": with_(["cost", "k" * 7_000_000], 1),
         "1000 x 1000 grid": big_grid_text(1000, 1000),
         "100,000-deep array in a calibration field": with_(["calibration", "search"], 0).replace(

@@ -193,3 +193,93 @@ def test_strict_lists_every_layout_difference_adapt_runs(pack: ModuleType) -> No
     out = sample(apply_plan(tiny.patcher, other_all, mode="adapt"), tiny.latent, tiny.positive, tiny.negative,
                  steps=3)
     assert torch.equal(out, ref)
+
+
+# -- 5. plan files: the Load list holds what loads; a Save prefix is one line -----------------------------
+
+
+@pytest.fixture
+def plans_dir(pack: ModuleType, tmp_path: Path) -> Any:
+    import folder_paths
+
+    files = mod(pack, "nodes.plan_files")
+    saved = folder_paths.folder_names_and_paths.get(files.FOLDER)
+    folder = tmp_path / "plans"
+    folder.mkdir()
+    folder_paths.folder_names_and_paths[files.FOLDER] = ([str(folder)], set(files.EXTENSIONS))
+    yield folder
+    if saved is None:
+        folder_paths.folder_names_and_paths.pop(files.FOLDER, None)
+    else:
+        folder_paths.folder_names_and_paths[files.FOLDER] = saved
+
+
+def test_load_list_holds_exactly_the_plans_that_load(pack: ModuleType, plans_dir: Path) -> None:
+    files = mod(pack, "nodes.plan_files")
+    text = flux_plan(pack, make_model("flux")).to_json()
+    (plans_dir / "good.json").write_text(text)
+    (plans_dir / "sub").mkdir()
+    (plans_dir / "sub" / "deeper.json").write_text(text)
+    (plans_dir / "link.json").symlink_to(plans_dir / "good.json")
+    (plans_dir / "dangling.json").symlink_to(plans_dir / "missing.json")
+    (plans_dir / "loop.json").symlink_to(plans_dir / "loop.json")
+    (plans_dir / "loopdir").symlink_to(plans_dir)
+    (plans_dir / "linkdir").symlink_to(plans_dir / "sub")
+    listed = files.list_plans()
+    assert listed == ["good.json", "sub/deeper.json"]
+    for name in listed:
+        assert files.load_plan(name).model.family == "flux"
+    for name in ("link.json", "dangling.json", "loop.json", "loopdir/good.json", "linkdir/deeper.json",
+                 "../plans/good.json", "sub/../good.json"):
+        with pytest.raises(mod(pack, "ditfa_core.plan").PlanError, match="no plan named"):
+            files.load_plan(name)
+
+
+@pytest.mark.parametrize("prefix", ["plan\n", "plan\r", "\nplan", "a" * 101, "a/b", "..", "", "pl\x00an"])
+def test_save_prefix_is_one_plain_name(pack: ModuleType, plans_dir: Path, prefix: str) -> None:
+    plan = flux_plan(pack, make_model("flux"))
+    with pytest.raises(mod(pack, "ditfa_core.plan").PlanError, match="filename prefix"):
+        mod(pack, "nodes.plan_nodes").DiTFastAttnSavePlan.execute(plan=plan, filename_prefix=prefix)
+    assert not any(plans_dir.parent.rglob("*.json"))
+
+
+# -- 6. torch.compile: the engine's bookkeeping is never traced ----------------------------------------
+
+
+@pytest.mark.slow
+def test_torch_compile_does_not_recompile_per_step_or_run(pack: ModuleType, engines: list[Any]) -> None:
+    """The host's compile wrapper (backend eager: dynamo's guards without inductor's codegen): a 6-step
+    run with every strategy must not hit the recompile limit (a guard on the engine's float FLOPs
+    counter did, and step-dependent engine state), a second run compiles nothing new, and the engine
+    still counts its work."""
+    import logging
+
+    import torch._dynamo
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+    from torch._dynamo.utils import counters
+
+    warnings: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            warnings.append(record.getMessage())
+
+    torch._dynamo.reset()
+    counters.clear()
+    tiny = make_model("flux")
+    model = apply_rows(pack, tiny.patcher, ["FULL", "WA_RS_ASC", "AST", "WA_RS", "ASC", "FULL"]).clone()
+    set_torch_compile_wrapper(model=model, backend="eager")
+    handler = Catch(logging.WARNING)
+    logging.getLogger("torch._dynamo").addHandler(handler)
+    try:
+        first = sample(model, tiny.latent, tiny.positive, tiny.negative, steps=6)
+        graphs = counters["stats"]["unique_graphs"]
+        again = sample(model, tiny.latent, tiny.positive, tiny.negative, steps=6)
+    finally:
+        logging.getLogger("torch._dynamo").removeHandler(handler)
+        torch._dynamo.reset()
+    assert not [w for w in warnings if "recompile_limit" in w or "cache_size_limit" in w], warnings
+    assert counters["stats"]["unique_graphs"] == graphs, "the second run recompiled"
+    assert torch.equal(first, again)
+    stats = engines[-1].stats
+    assert stats.calls > 0 and stats.chunks["share"] > 0 and stats.chunks["window"] > 0, stats

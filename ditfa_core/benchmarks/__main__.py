@@ -1,11 +1,11 @@
-"""``python -m ditfa_core.benchmarks <kernels|e2e|calibration> [--smoke] [--device auto|cpu|cuda]
+"""``python -m ditfa_core.benchmarks <kernels|e2e|calibration|compile> [--smoke] [--device auto|cpu|cuda]
 [--threads N] [--json PATH] [suite options]``: prints markdown tables, writes every setting and the
 machine description with the results as JSON. ``--smoke`` is the CPU/CI size of a suite (it checks
 that the suite runs; its timings mean little). ``<suite> --help`` lists a suite's options.
 
-``python -m ditfa_core.benchmarks all [--smoke] [--out DIR]`` runs the three suites in their default
-(GPU) configuration, the kernels with the video length too, one JSON per suite in DIR; e2e is skipped
-with the reason when ComfyUI is not found.
+``python -m ditfa_core.benchmarks all [--smoke] [--out DIR]`` runs every suite in its default (GPU)
+configuration, the kernels with the video length too, one JSON per suite in DIR; e2e and compile are
+skipped with the reason when ComfyUI is not found.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import sys
 
 import torch
 
-from . import calibration, e2e, kernels
+from . import calibration, e2e, kernels, torch_compile
 from .common import environment, resolve_device, write_json
 
-SUITES = {"kernels": kernels, "e2e": e2e, "calibration": calibration}
+SUITES = {"kernels": kernels, "e2e": e2e, "calibration": calibration, "compile": torch_compile}
 
 
 def build_parser(smoke: str | None = None) -> argparse.ArgumentParser:
@@ -49,7 +49,7 @@ def run_all(argv: list[str]) -> dict:
               *(["--threads", str(args.threads)] if args.threads else [])]
     results = {}
     for suite in SUITES:
-        if suite == "e2e":
+        if suite in ("e2e", "compile"):
             why = e2e.comfyui_unavailable(resolve_device(args.device))
             if why:
                 print(f"# `e2e` skipped: {why}")

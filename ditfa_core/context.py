@@ -59,6 +59,8 @@ class CallContext:
     layout    where the image tokens are in the sequence (for windows and CFG sharing)
     eval_key  identity of this model evaluation; a conditional output kept for ASC is shared only
               with unconditional calls of the same evaluation (separate forwards, either order)
+    scale     the softmax scale of q.k the host asked for (ComfyUI's ``scale`` keyword); None is
+              1/sqrt(head_dim). Window attention uses it, and so does the engine's own dense kernel.
     """
 
     layer: int
@@ -66,6 +68,7 @@ class CallContext:
     chunks: tuple[Chunk, ...]
     layout: TokenLayout
     eval_key: Hashable = None
+    scale: float | None = None
 
     def __post_init__(self) -> None:
         if self.layer < 0 or self.step < 0:

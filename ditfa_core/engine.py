@@ -19,6 +19,7 @@ dense function directly, so its output is bit-identical to the unpatched model.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -63,7 +64,8 @@ class FastAttention:
 
     One instance serves one sampling run: create it when the run starts, call ``close()`` in a
     ``finally`` when it ends. ``dense`` is the host's dense attention (ComfyUI's chosen backend);
-    a call may pass its own, e.g. to chain to another node's attention override.
+    it takes ``scale=`` when calls carry one (``CallContext.scale``). A call may pass its own,
+    already bound to the call's scale, e.g. to chain to another node's attention override.
     """
 
     def __init__(
@@ -97,10 +99,10 @@ class FastAttention:
             p = self._patterns[layout] = self.window.resolve(layout)
         return p
 
-    def _window(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
-        p = self.pattern(layout)
+    def _window(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: CallContext) -> torch.Tensor:
+        p = self.pattern(ctx.layout)
         self.stats.flops += pair_flops(q.shape[0], q.shape[1], p.pair_count(), q.shape[-1])
-        return windowed_attention(q, k, v, p, backend=self.backend)
+        return windowed_attention(q, k, v, p, backend=self.backend, scale=ctx.scale)
 
     def _dense(self, dense: DenseFn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         self.stats.flops += pair_flops(q.shape[0], q.shape[1], q.shape[2] * k.shape[2], q.shape[-1])
@@ -128,7 +130,8 @@ class FastAttention:
         dense: DenseFn | None = None,
     ) -> torch.Tensor:
         """Attention of (B, H, N, D) ``q, k, v`` for the call ``ctx`` describes."""
-        dense = dense or self.dense
+        if dense is None:
+            dense = self.dense if ctx.scale is None else functools.partial(self.dense, scale=ctx.scale)
         self.stats.calls += 1
         self.stats.full_flops += pair_flops(q.shape[0], q.shape[1], q.shape[2] * k.shape[2], q.shape[-1])
         if ctx.layer >= self.schedule.num_layers:
@@ -201,7 +204,7 @@ class FastAttention:
                     self._refresh_residual(o, qs, ks, vs, refresh, idx, ctx)
             else:
                 res = cached[idx[0]] if len(idx) == 1 else torch.cat([cached[i] for i in idx])
-                o = self._window(qs, ks, vs, layout) + res
+                o = self._window(qs, ks, vs, ctx) + res
             self.stats.chunks[op] += len(idx)
             if len(idx) == n:
                 whole = o
@@ -278,10 +281,10 @@ class FastAttention:
         b = qs.shape[0] // len(idx)
         sel = [slice(j * b, (j + 1) * b) for j in which]
         if len(which) == len(idx):
-            w = self._window(qs, ks, vs, ctx.layout)
+            w = self._window(qs, ks, vs, ctx)
             parts = [w[s] for s in sel]
         else:
-            parts = [self._window(qs[s], ks[s], vs[s], ctx.layout) for s in sel]
+            parts = [self._window(qs[s], ks[s], vs[s], ctx) for s in sel]
         for j, s, w in zip(which, sel, parts, strict=True):
             slot = ctx.chunks[idx[j]].slot
             self.state.put_residual(ctx.layer, slot, o[s] - w, ctx.layout, ctx.step)

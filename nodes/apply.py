@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from comfy_api.latest import io
@@ -41,6 +41,7 @@ class ApplySetup:
     cache_device: str | None
     strict: bool
     prev: Override | None = None
+    per_thread: ClassVar[bool] = True    # each thread of multi-device sampling runs its own engine
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ApplySetup:
         return self

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from comfy_api.latest import io
@@ -51,6 +51,7 @@ class CalibrateSetup:
     widest: TokenLayout | None = None
     first_cond: TokenLayout | None = None   # what Apply's strict check compares a run with
     n_layers: int = 0
+    per_thread: ClassVar[bool] = False   # one search per run: other threads compute densely
 
     def __deepcopy__(self, memo: dict[int, Any]) -> CalibrateSetup:
         return self

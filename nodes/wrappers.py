@@ -31,10 +31,13 @@ attention, reached through an object patch)."""
 
 
 class Setup(Protocol):
-    """What a node stores in ``transformer_options[SETUP_KEY]``: settings, and how to start a run."""
+    """What a node stores in ``transformer_options[SETUP_KEY]``: settings, and how to start a run.
+    ``per_thread``: whether a second thread of the run (multi-device sampling) may get its own engine
+    from ``begin``; otherwise it computes densely."""
 
     family: Family
     prev: Override | None
+    per_thread: bool
 
     def begin(self, diffusion_model: torch.nn.Module, latent_shape: tuple[int, ...],
               total_steps: int) -> RunParts:
@@ -55,10 +58,12 @@ def outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
             return executor(*args, **kwargs)
         noise, sigmas = args[0], args[3]
         dm = guider.model_patcher.model.diffusion_model
-        parts = setup.begin(dm, tuple(noise.shape), max(1, len(sigmas) - 1))
+        shape, steps = tuple(noise.shape), max(1, len(sigmas) - 1)
+        parts = setup.begin(dm, shape, steps)
         try:
             roles = cond_roles(getattr(guider, "conds", None) or {})
-            run = Run(setup.family, dm, parts, sigmas.tolist(), roles, setup.prev)
+            lanes = (lambda: setup.begin(dm, shape, steps)) if setup.per_thread else None
+            run = Run(setup.family, dm, parts, sigmas.tolist(), roles, setup.prev, lanes)
             current = to.get(OVERRIDE_KEY)
             if current is not attention_override:
                 # Another node took the slot after ours: keep ours, with theirs as the dense kernel.
@@ -111,7 +116,7 @@ def apply_model_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     if run is None:
         return executor(*args, **kwargs)
     context = args[3] if len(args) > 3 else kwargs.get("c_crossattn")
-    to[FORWARD_KEY] = run.forward(args[0], context, to)
+    to[FORWARD_KEY] = run.forward(args[0], context, to, kwargs)
     token = CURRENT_OPTIONS.set(to)
     try:
         return executor(*args, **kwargs)

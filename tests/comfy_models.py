@@ -350,6 +350,64 @@ def make_mochi(seed: int = 0, cond_len: int = 6, uncond_len: int | None = None) 
     return TinyModel("mochi", _build(sm.GenmoMochi(cfg), seed), torch.zeros(1, 12, 2, 8, 12), pos, neg)
 
 
+def _all_valid(length: int) -> dict[str, Any]:
+    """Extra-cond factory: an attention mask that keeps every token (an unpadded prompt)."""
+    return {"attention_mask": _mask(length, length)}
+
+
+def make_lumina2_unpadded(seed: int = 0, cond_len: int = 5, uncond_len: int | None = 7) -> TinyModel:
+    """Lumina 2 with unpadded prompts: its joint calls carry a mask that keeps every key."""
+    tiny = make_lumina2(seed, cond_len, uncond_len)
+    gen = torch.Generator().manual_seed(seed + 1)
+    tiny.positive, tiny.negative = _conds(gen, cond_len, uncond_len, 32, _all_valid)
+    tiny.family = "lumina2_unpadded"
+    return tiny
+
+
+def make_z_image(seed: int = 0, cond_len: int = 5, uncond_len: int | None = 7) -> TinyModel:
+    """Z-Image (ComfyUI 0.33+): a Lumina 2 network with Z-Image modulation; caption and image tokens are
+    padded to a multiple of 32 with learned pad tokens, the image's padding after the image."""
+    import comfy.supported_models as sm
+
+    # Z-Image modulation embeds the timestep in 256 channels, so the width is at least 256
+    cfg = dict(image_model="lumina2", patch_size=2, in_channels=16, dim=256, n_layers=2, n_refiner_layers=1,
+               n_heads=2, n_kv_heads=2, multiple_of=16, cap_feat_dim=32, axes_dims=(32, 48, 48),
+               axes_lens=(300, 64, 64), qk_norm=True, rope_theta=256.0, ffn_dim_multiplier=8.0 / 3.0,
+               z_image_modulation=True, time_scale=1000.0, pad_tokens_multiple=32)
+    gen = torch.Generator().manual_seed(seed + 1)
+    pos, neg = _conds(gen, cond_len, uncond_len, 32)
+    return TinyModel("z_image", _build(sm.ZImage(cfg), seed), torch.zeros(1, 16, 8, 10), pos, neg)
+
+
+def make_flux2(seed: int = 0, cond_len: int = 6, uncond_len: int | None = None) -> TinyModel:
+    """Flux 2 (ComfyUI 0.33+): the Flux network with Flux 2 params (patch 1 on 128-channel latents, global
+    modulation, text padded to 512 tokens by the model's extra_conds), [txt, img] joint attention."""
+    import comfy.supported_models as sm
+
+    cfg = dict(image_model="flux2", guidance_embed=True, in_channels=128, out_channels=128, vec_in_dim=None,
+               context_in_dim=32, hidden_size=64, mlp_ratio=3.0, num_heads=2, depth=2, depth_single_blocks=2,
+               axes_dim=[8, 8, 8, 8], theta=2000, patch_size=1, qkv_bias=False, txt_ids_dims=[3],
+               global_modulation=True, mlp_silu_act=True, ops_bias=False, default_ref_method="index",
+               ref_index_scale=10.0)
+    gen = torch.Generator().manual_seed(seed + 1)
+    pos, neg = _conds(gen, cond_len, uncond_len, 32, lambda _n: {"guidance": 3.5})
+    return TinyModel("flux2", _build(sm.Flux2(cfg), seed), torch.zeros(1, 128, 4, 6), pos, neg)
+
+
+#: Families only ComfyUI 0.33+ has (``comfy.supported_models`` class name -> factory).
+FACTORIES_2026: dict[str, tuple[str, Callable[..., TinyModel]]] = {
+    "flux2": ("Flux2", make_flux2),
+    "z_image": ("ZImage", make_z_image),
+}
+
+
+def host_has(supported_model: str) -> bool:
+    """Whether the bootstrapped ComfyUI has this ``comfy.supported_models`` class."""
+    import comfy.supported_models as sm
+
+    return hasattr(sm, supported_model)
+
+
 #: Every factory by family name. All take ``(seed=0, cond_len=..., uncond_len=None)``; ``uncond_len`` gives
 #: the negative a different text length (which forces cond and uncond into separate forwards).
 FACTORIES: dict[str, Callable[..., TinyModel]] = {
@@ -367,11 +425,14 @@ FACTORIES: dict[str, Callable[..., TinyModel]] = {
     "hidream": make_hidream,
     "cosmos_predict2": make_cosmos_predict2,
     "mochi": make_mochi,
+    "lumina2_unpadded": make_lumina2_unpadded,
 }
 
 
 def make_model(family: str, **kwargs: Any) -> TinyModel:
     """Build the tiny model of ``family`` (a key of :data:`FACTORIES`)."""
+    if family in FACTORIES_2026:
+        return FACTORIES_2026[family][1](**kwargs)
     try:
         factory = FACTORIES[family]
     except KeyError:

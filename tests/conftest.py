@@ -5,12 +5,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the harness sits next to this file
 
-from comfy_host import load_pack, require_comfyui
+from comfy_host import load_pack, pack_module, require_comfyui
 
 
 @pytest.fixture(scope="module")
@@ -18,3 +19,18 @@ def pack() -> ModuleType:
     """The pack imported as ComfyUI imports it; skips with the enabling steps where ComfyUI is absent."""
     require_comfyui()
     return load_pack()
+
+
+@pytest.fixture
+def engines(pack: ModuleType, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every FastAttention the Apply node builds during the test (one per sampling run and thread)."""
+    apply = pack_module(pack, "nodes.apply")
+    made: list[Any] = []
+
+    class Recording(apply.FastAttention):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(apply, "FastAttention", Recording)
+    return made

@@ -98,7 +98,7 @@ def test_lenders_run_first_in_any_guider_order(order: list[str]) -> None:
 
 def test_forward_chunks_carry_their_context_window_and_area() -> None:
     run = _run(steps.cond_roles({"positive": [{"uuid": "p"}], "negative": [{"uuid": "n"}]}))
-    run.family = SimpleNamespace(grid=lambda dm, shape: (1, 2, 2))
+    run.family = SimpleNamespace(grid=lambda dm, shape: (1, 2, 2), appended=lambda dm, grid, conds: 0)
     run.begin_evaluation([[{"uuid": "p", "area": [2, 2, 0, 0]}], [{"uuid": "n"}]])
     to = {"cond_or_uncond": [0, 1], "uuids": ["p", "n"],
           "context_window": SimpleNamespace(index_list=[2, 3], dim=2)}
@@ -146,10 +146,56 @@ def test_sd3_counts_the_extra_self_attention() -> None:
     assert n == 3 and [(base, calls) for _, base, calls in blocks] == [(0, 2), (2, 1)]
 
 
-def test_detect_refuses_unknown_models_by_name() -> None:
-    patcher = SimpleNamespace(model=type("Lumina2", (), {"diffusion_model": None})())
-    with pytest.raises(families.UnsupportedModel, match=r"Lumina2.*mask"):
+@pytest.mark.parametrize(("cls", "reason"), [
+    ("WAN22_S2V", "motion-frame tokens"), ("LTXAV", "audio"), ("HunyuanVideo15", "ByT5"),
+    ("Kandinsky5", "visual blocks"), ("WAN21_Vace", "VACE"), ("ChromaRadiance", "pixel-space"),
+    ("SDXL", "not one of the supported"),
+])
+def test_detect_refuses_unknown_models_by_name(cls: str, reason: str) -> None:
+    patcher = SimpleNamespace(model=type(cls, (), {"diffusion_model": None})())
+    with pytest.raises(families.UnsupportedModel, match=rf"\({cls} / .*{reason}"):
         families.detect(patcher)
-    patcher = SimpleNamespace(model=type("SDXL", (), {"diffusion_model": None})())
-    with pytest.raises(families.UnsupportedModel, match="SDXL"):
-        families.detect(patcher)
+
+
+@pytest.mark.parametrize("cls", ["Lumina2", "Flux2", "WAN22"])
+def test_2026_classes_are_supported(cls: str) -> None:
+    patcher = SimpleNamespace(model=type(cls, (), {"diffusion_model": None})())
+    assert families.detect(patcher).name in families.FAMILIES
+
+
+def test_wan_appended_latents_stay_global() -> None:
+    """Wan 0.33+ appends in-context latents after the image: the window stays on the image tokens."""
+    wan = families.FAMILIES["wan"]
+    dm = SimpleNamespace(patch_size=(1, 2, 2))
+    grid = (3, 4, 6)
+    extra = {"context_latents": [torch.zeros(1, 16, 1, 8, 12), torch.zeros(1, 16, 2, 8, 12)]}
+    n_after = wan.appended(dm, grid, extra)
+    assert n_after == 24 + 48
+    ref = 24   # a reference frame prepended by ref_conv
+    layout = wan.layout(ref + 72 + n_after, grid, 8, n_after)
+    assert (layout.image_start, layout.image_end) == (ref, ref + 72)
+    assert wan.appended(dm, grid, {}) == 0
+
+
+def test_z_image_padding_after_the_image_stays_global() -> None:
+    lumina = families.FAMILIES["lumina2"]
+    dm = SimpleNamespace(pad_tokens_multiple=32)
+    n_after = lumina.appended(dm, (1, 4, 6), {})
+    assert n_after == 8
+    layout = lumina.layout(64 + 24 + 8, (1, 4, 6), 5, n_after)
+    assert (layout.image_start, layout.image_end) == (64, 88)
+
+
+def test_host_block_types_map_to_block_lists() -> None:
+    flux = families.FAMILIES["flux"]
+    assert flux.block_list("double") == "double_blocks" and flux.block_list("single") == "single_blocks"
+    assert flux.block_list("refiner") is None
+    assert families.FAMILIES["cosmos_predict2"].block_list(None) == "blocks"
+    assert families.FAMILIES["sd3"].block_list("double") is None
+
+
+def test_a_mask_that_keeps_every_key_is_no_mask() -> None:
+    keeps = mod("nodes.override").keeps_every_key
+    assert keeps(torch.ones(1, 9, dtype=torch.bool)) and keeps(torch.zeros(1, 1, 9))
+    assert not keeps(torch.tensor([[True, False]])) and not keeps(torch.tensor([[0.0, -1e9]]))
+    assert not keeps(torch.ones(1, 9, dtype=torch.long))

@@ -51,6 +51,21 @@ def test_all_full_is_bit_identical_to_plain_attention():
     assert e.stats.residual_refreshes == 0 and len(e.state) == 0
 
 
+def test_host_scale_reaches_window_and_dense():
+    """A call's own softmax scale (ComfyUI 0.33+'s ``scale``) is used by the window, the residual and
+    the engine's dense kernel: WA-RS at step 1 is W_s(q1) + O_s(q0) - W_s(q0)."""
+    e = engine("FULL", "WA_RS")
+    scale = 0.11
+    q0, k0, v0 = qkv(0)
+    q1, k1, v1 = qkv(1)
+    first = e(q0, k0, v0, CallContext(0, 0, COND_UNCOND, LAYOUT, 0, scale))
+    torch.testing.assert_close(first, F.scaled_dot_product_attention(q0, k0, v0, scale=scale))
+    out = e(q1, k1, v1, CallContext(0, 1, COND_UNCOND, LAYOUT, 1, scale))
+    pattern = WINDOW.resolve(LAYOUT)
+    w0, w1 = (windowed_attention(*t, pattern, scale=scale) for t in ((q0, k0, v0), (q1, k1, v1)))
+    torch.testing.assert_close(out, w1 + first - w0, atol=1e-6, rtol=1e-5)
+
+
 def test_wa_rs_right_after_full_equals_full():
     e = engine("FULL", "WA_RS")
     q, k, v = qkv(0)

@@ -81,6 +81,17 @@ def test_fp32_matches_fp64_reference(backend: str, case: str) -> None:
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(("backend", "case"), _params(available_backends(CPU, torch.float32), ["video+text"]))
+def test_host_scale_is_honoured(backend: str, case: str) -> None:
+    """ComfyUI 0.33+ may pass its own softmax ``scale``: every backend applies it, the dense kernel too."""
+    q, k, v = qkv(case)
+    pattern = pattern_of(case)
+    out = windowed_attention(q, k, v, pattern, backend=backend, scale=0.3)
+    torch.testing.assert_close(out.double(), reference_attention(q, k, v, pattern, 0.3), atol=1e-5, rtol=1e-5)
+    ref = reference_attention(q, k, v, None, 0.3)
+    torch.testing.assert_close(dense_attention(q, k, v, 0.3).double(), ref, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize(("backend", "case"),
                          _params([b for b in available_backends(CPU, torch.bfloat16) if b != "flex"]))
 def test_bf16_within_flash_attn_criterion(backend: str, case: str) -> None:
@@ -95,7 +106,8 @@ def test_blocked_is_exact_for_any_tile_size(case: str, block: int) -> None:
     q, k, v = qkv(case)
     pattern = pattern_of(case)
     ref = reference_attention(q, k, v, pattern)
-    torch.testing.assert_close(blocked.attention(q, k, v, pattern, block).double(), ref, atol=1e-5, rtol=1e-5)
+    out = blocked.attention(q, k, v, pattern, block=block)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_window_covering_sequence_equals_dense() -> None:
@@ -104,10 +116,10 @@ def test_window_covering_sequence_equals_dense() -> None:
     assert pattern.is_full
     dense = dense_attention(q, k, v)
     torch.testing.assert_close(windowed_attention(q, k, v, pattern), dense, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(blocked.attention(q, k, v, pattern, 64), dense, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(blocked.attention(q, k, v, pattern, block=64), dense, atol=1e-6, rtol=1e-6)
     video = AttentionPattern(TokenLayout(210, grid=(5, 6, 7)), "nbhd", (4, 5, 6))
     q, k, v = qkv("video-r0-axis")
-    torch.testing.assert_close(blocked.attention(q, k, v, video, 32), dense_attention(q, k, v),
+    torch.testing.assert_close(blocked.attention(q, k, v, video, block=32), dense_attention(q, k, v),
                                atol=1e-6, rtol=1e-6)
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -208,3 +210,30 @@ def test_web_files_are_plain_modules_that_never_eval() -> None:
         assert "readJson(" in text or f.name != "ditfa_plan.js"
     ext = (WEB / "ditfastattn.js").read_text(encoding="utf-8")
     assert 'from "../../scripts/app.js"' in ext and "registerExtension" in ext
+
+
+def test_front_end_avoids_deprecated_graph_api_and_redraws_vue_widgets() -> None:
+    """Front end 1.5x: ``output.links``/``input.link`` are deprecated getters that warn, ``graph._links`` is
+    gone; Vue node mode redraws a custom widget only through the ``triggerDraw`` it installs on it."""
+    code = re.sub(r"//[^\n]*", "", (WEB / "ditfastattn.js").read_text(encoding="utf-8"))
+    assert not re.search(r"\.links\b|\.link\b|_links\b", code), "reads connectivity the deprecated way"
+    assert "getOutputNodes" in code and "triggerDraw" in code
+    assert re.search(r"onExecuted[\s\S]*refreshHeatmaps", code) and "onConnectionsChange" in code
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js to run web/*.js")
+def test_vue_node_mode_heatmaps_are_redrawn_on_every_plan_change(tmp_path: Path) -> None:
+    """In Vue node mode a custom widget is redrawn only through ``widget.triggerDraw``: a run of Calibrate
+    and a new connection must redraw both Calibrate's heatmap and that of the Apply node it feeds."""
+    pack = tmp_path / "extensions" / "pack"
+    shutil.copytree(WEB, pack)
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "app.js").write_text(
+        "export const app = { extensions: [], registerExtension(e) { this.extensions.push(e); } };\n")
+    script = Path(__file__).resolve().parent / "web_vue_mode.mjs"
+    done = subprocess.run(["node", str(script), tmp_path.as_uri()], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["executed"]["calibrate"] == 1 and report["executed"]["apply"] == 1, report
+    assert report["connected"]["apply"] == 2 and report["connected"]["dirty"] == 2, report

@@ -9,6 +9,11 @@
 //   the Apply nodes Calibrate fed, so the saved workflow alone reproduces the run; Calibrate is then
 //   no longer needed by those Apply nodes (ComfyUI runs only what an output depends on).
 //   An embedded plan is untrusted input: the server validates it like a plan file (Plan.from_json).
+// * Both node renderers: the classic canvas redraws every frame; the Vue node mode ("Nodes 2.0",
+//   front end 1.3x+) draws a custom widget into its own canvas only when told, through the
+//   `triggerDraw` it puts on the widget. Every change of a plan (run, edit, connection, embedding)
+//   calls `refreshHeatmaps`, which does both. Connectivity is read through node methods
+//   (`getOutputNodes`, `getInputNode`), not the deprecated `output.links`.
 
 import { app } from "../../scripts/app.js";
 import { drawPanel, panelHeight, parsePlan } from "./ditfa_heatmap.js";
@@ -90,6 +95,26 @@ function addHeatmap(node) {
   return widget;
 }
 
+/** Redraw every plan heatmap of the graph: an Apply node shows what its upstream plan node holds, so a
+ * change anywhere can change it. Canvas mode: mark the canvas dirty; Vue mode: the widget's triggerDraw. */
+function refreshHeatmaps(graph) {
+  const g = graph ?? app.graph;
+  for (const node of g?.nodes ?? g?._nodes ?? []) {
+    if (!PLAN_NODES.has(node.type ?? node.comfyClass)) continue;
+    widgetOf(node, HEATMAP_WIDGET)?.triggerDraw?.();
+  }
+  g?.setDirtyCanvas?.(true, true);
+}
+
+/** The Apply nodes fed by output ``slot`` of ``node``, with the input slot each is fed on. */
+function applyTargets(node, slot) {
+  const nodes = node.getOutputNodes?.(slot) ?? [];
+  return nodes
+    .filter((n) => n?.type === APPLY)
+    .map((n) => [n, n.inputs.findIndex((i) => i.type === "DITFA_PLAN")])
+    .filter(([, s]) => s >= 0);
+}
+
 function fitHeight(node) {
   const size = node.computeSize();
   node.setSize([Math.max(node.size[0], size[0]), size[1]]);
@@ -115,12 +140,9 @@ export function embedPlan(calibrateNode) {
   }
   const graph = calibrateNode.graph ?? app.graph;
   const planSlot = calibrateNode.outputs.findIndex((o) => o.type === "DITFA_PLAN");
-  const targets = (calibrateNode.outputs[planSlot]?.links ?? [])
-    .map((id) => graph.links[id] ?? graph._links?.get?.(id))
-    .filter(Boolean)
-    .map((link) => [graph.getNodeById(link.target_id), link.target_slot])
-    .filter(([n]) => n && n.type === APPLY);
-  let load = graph._nodes.find((n) => n.type === LOAD && n.properties?.ditfa_embedded_from === calibrateNode.id);
+  const targets = applyTargets(calibrateNode, planSlot);
+  const nodes = graph.nodes ?? graph._nodes;
+  let load = nodes.find((n) => n.type === LOAD && n.properties?.ditfa_embedded_from === calibrateNode.id);
   if (!load) {
     load = LiteGraph.createNode(LOAD);
     load.pos = [calibrateNode.pos[0], calibrateNode.pos[1] + calibrateNode.size[1] + 60];
@@ -134,7 +156,7 @@ export function embedPlan(calibrateNode) {
   const out = load.outputs.findIndex((o) => o.type === "DITFA_PLAN");
   for (const [apply, slot] of targets) load.connect(out, apply, slot);
   fitHeight(load);
-  graph.setDirtyCanvas(true, true);
+  refreshHeatmaps(graph);
   app.graph.change?.();
   notify("success", "Plan embedded", `in "${load.title}"; ${targets.length} Apply node(s) now use it`);
   return load;
@@ -155,10 +177,16 @@ app.registerExtension({
       if (nodeData.name === LOAD) {
         const w = widgetOf(this, "plan_json");
         const cb = w?.callback;
-        if (w) w.callback = (...args) => { this.setDirtyCanvas?.(true, true); return cb?.apply(w, args); };
+        if (w) w.callback = (...args) => { refreshHeatmaps(this.graph); return cb?.apply(w, args); };
       }
       addHeatmap(this);
       this.setSize([Math.max(this.size[0], 420), this.computeSize()[1]]);
+      return r;
+    };
+    const onConnectionsChange = nodeType.prototype.onConnectionsChange;
+    nodeType.prototype.onConnectionsChange = function () {
+      const r = onConnectionsChange?.apply(this, arguments);
+      refreshHeatmaps(this.graph);
       return r;
     };
     const onExecuted = nodeType.prototype.onExecuted;
@@ -167,7 +195,7 @@ app.registerExtension({
       const plan = message?.ditfa_plan;
       if (Array.isArray(plan) && typeof plan[0] === "string") {
         this.ditfaExecutedPlan = plan[0];
-        this.setDirtyCanvas?.(true, true);
+        refreshHeatmaps(this.graph);
       }
     };
     if (nodeData.name === CALIBRATE) {
@@ -186,4 +214,4 @@ app.registerExtension({
 });
 
 // For tests and other extensions: window.DiTFastAttn.embedPlan(node), .parsePlan(text).
-window.DiTFastAttn = { embedPlan, parsePlan };
+window.DiTFastAttn = { embedPlan, parsePlan, refreshHeatmaps };

@@ -220,11 +220,24 @@ def init_weights(module: torch.nn.Module, seed: int) -> None:
             p.normal_(0.0, 0.02, generator=gen)
 
 
+def _for_host(unet: dict[str, Any]) -> dict[str, Any]:
+    """``unet`` plus the params ComfyUI 0.33+ requires that 0.3.64 does not know (Flux ``txt_ids_dims``,
+    empty for classic Flux checkpoints, as its model detection sets it)."""
+    import dataclasses
+
+    if unet.get("image_model") != "flux":
+        return unet
+    from comfy.ldm.flux.model import FluxParams
+
+    declared = {f.name for f in dataclasses.fields(FluxParams)}
+    return {**unet, "txt_ids_dims": []} if "txt_ids_dims" in declared else unet
+
+
 def build(spec: ModelSpec, device: torch.device, dtype: torch.dtype, seed: int) -> Any:
     import comfy.model_patcher
     import comfy.supported_models
 
-    config = getattr(comfy.supported_models, spec.config_class)(dict(spec.unet))
+    config = getattr(comfy.supported_models, spec.config_class)(_for_host(dict(spec.unet)))
     config.set_inference_dtype(dtype, None)
     torch.manual_seed(seed)  # buffers drawn in __init__ (PixArt's null caption)
     model = config.get_model({}, device=device)

@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["available_backends", "dense_attention", "select_backend", "windowed_attention"]
 
-Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionPattern], torch.Tensor]
+Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionPattern, float | None], torch.Tensor]
+"""(q, k, v, pattern, scale): ``scale`` multiplies q.k before the softmax; None = 1/sqrt(head_dim)."""
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,13 @@ _HOPPER_SDPA_ORDER = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
                       SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
-def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Full attention of (B, H, N, D) tensors (SDPA; cuDNN first on Hopper)."""
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    scale: float | None = None) -> torch.Tensor:
+    """Full attention of (B, H, N, D) tensors (SDPA; cuDNN first on Hopper); ``scale`` as SDPA's."""
     if q.is_cuda and torch.cuda.get_device_capability(q.device) >= (9, 0):
         with sdpa_kernel(_HOPPER_SDPA_ORDER, set_priority=True):
-            return F.scaled_dot_product_attention(q, k, v)
-    return F.scaled_dot_product_attention(q, k, v)
+            return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
 def available_backends(device: torch.device | str, dtype: torch.dtype) -> list[str]:
@@ -91,12 +93,14 @@ def _select(pattern: AttentionPattern, device: torch.device, dtype: torch.dtype)
 
 def windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        pattern: AttentionPattern | Sequence[AttentionPattern | None], *,
-                       backend: str = "auto") -> torch.Tensor:
+                       backend: str = "auto", scale: float | None = None) -> torch.Tensor:
     """Window attention of (B, H, N, D) tensors.
 
     pattern: one pattern for every head, or a sequence of H (None = full attention for that head).
     backend: "auto", or a name from ``available_backends`` to force it (ValueError if it cannot run
     a pattern here).
+    scale: the softmax scale of q.k, as SDPA's (None = 1/sqrt(head_dim)); hosts pass their own (ComfyUI's
+    ``scale`` keyword).
     """
     if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"expected q, k, v of shape (B, H, N, D), got {q.shape}, {k.shape}, {v.shape}")
@@ -115,22 +119,23 @@ def windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             raise ValueError(f"pattern is for {p.layout.n_tokens} tokens, tensors have {n}")
         groups.setdefault(None if p is None or p.is_full else p, []).append(head)
     if len(groups) == 1:
-        return _run_group(q, k, v, next(iter(groups)), backend)
+        return _run_group(q, k, v, next(iter(groups)), backend, scale)
     out = torch.empty_like(q)
     for p, group in groups.items():
         idx = torch.tensor(group, device=q.device)
-        res = _run_group(q.index_select(1, idx), k.index_select(1, idx), v.index_select(1, idx), p, backend)
+        res = _run_group(q.index_select(1, idx), k.index_select(1, idx), v.index_select(1, idx), p, backend,
+                         scale)
         out.index_copy_(1, idx, res)
     return out
 
 
 def _run_group(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: AttentionPattern | None,
-               backend: str) -> torch.Tensor:
+               backend: str, scale: float | None) -> torch.Tensor:
     """Heads sharing one pattern (None = full attention, which no window kernel beats)."""
     if pattern is None:
-        return dense_attention(q, k, v)
+        return dense_attention(q, k, v, scale)
     if backend == "auto":
         backend = _select(pattern, q.device, q.dtype)
     elif not _BACKENDS[backend].supports(pattern, q.device, q.dtype):
         raise ValueError(f"attention backend {backend!r} cannot run {pattern} on {q.device} with {q.dtype}")
-    return _BACKENDS[backend].run(q, k, v, pattern)
+    return _BACKENDS[backend].run(q, k, v, pattern, scale)

@@ -49,12 +49,12 @@ def supports(pattern: AttentionPattern, device: torch.device, dtype: torch.dtype
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: AttentionPattern,
-              block: int = DEFAULT_BLOCK) -> torch.Tensor:
-    """Windowed attention of (B, H, N, D) tensors under one pattern."""
+              scale: float | None = None, block: int = DEFAULT_BLOCK) -> torch.Tensor:
+    """Windowed attention of (B, H, N, D) tensors under one pattern (``scale`` as SDPA's)."""
     out = torch.empty_like(q)
     for call in _plan(pattern, q.device, block):
         o = F.scaled_dot_product_attention(_take(q, call.q), _take(k, call.kv), _take(v, call.kv),
-                                           attn_mask=call.mask)
+                                           attn_mask=call.mask, scale=scale)
         if isinstance(call.q, slice):
             out[:, :, call.q] = o
         else:

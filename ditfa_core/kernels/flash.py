@@ -44,14 +44,15 @@ def flash_attn_supports(pattern: AttentionPattern, device: torch.device, dtype: 
 
 
 def flash_attn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                         pattern: AttentionPattern) -> torch.Tensor:
+                         pattern: AttentionPattern, scale: float | None = None) -> torch.Tensor:
     """Band attention of (B, H, N, D) tensors via flash_attn_func, whose layout is (B, N, H, D)."""
     from flash_attn import flash_attn_func
 
     r = pattern.radius[2]
     if q.shape[-1] > _MAX_HEAD_DIM:
         raise ValueError(f"flash-attn takes head_dim <= {_MAX_HEAD_DIM}, got {q.shape[-1]}")
-    out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), window_size=(r, r))
+    out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), window_size=(r, r),
+                          softmax_scale=scale)
     return out.transpose(1, 2)
 
 
@@ -78,7 +79,7 @@ def torch_flash_supports(pattern: AttentionPattern, device: torch.device, dtype:
 
 
 def torch_flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                          pattern: AttentionPattern) -> torch.Tensor:
+                          pattern: AttentionPattern, scale: float | None = None) -> torch.Tensor:
     """Band attention via varlen_attn: the batch is packed as B sequences of N tokens each."""
     from torch.nn.attention.varlen import varlen_attn
 
@@ -91,5 +92,6 @@ def torch_flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     def pack(x: torch.Tensor) -> torch.Tensor:
         return x.transpose(1, 2).reshape(b * n, h, d)
 
-    out = varlen_attn(pack(q), pack(k), pack(v), cu_seq, cu_seq, n, n, window_size=(r, r))
+    out = varlen_attn(pack(q), pack(k), pack(v), cu_seq, cu_seq, n, n, window_size=(r, r),
+                      scale=scale)
     return out.reshape(b, n, h, d).transpose(1, 2)

@@ -54,14 +54,15 @@ class FlexMask:
     perm: torch.Tensor | None
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: AttentionPattern) -> torch.Tensor:
-    """Windowed attention of (B, H, N, D) tensors under one pattern."""
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: AttentionPattern,
+              scale: float | None = None) -> torch.Tensor:
+    """Windowed attention of (B, H, N, D) tensors under one pattern (``scale`` as SDPA's)."""
     mask = block_mask(pattern, q.device)
     if mask.perm is None:
-        return _compiled()(q, k, v, block_mask=mask.block_mask)
+        return _compiled()(q, k, v, block_mask=mask.block_mask, scale=scale)
     perm = mask.perm
     out = _compiled()(q.index_select(2, perm), k.index_select(2, perm), v.index_select(2, perm),
-                      block_mask=mask.block_mask)
+                      block_mask=mask.block_mask, scale=scale)
     return torch.empty_like(out).index_copy_(2, perm, out)
 
 

@@ -16,13 +16,15 @@ PatternArg = AttentionPattern | Sequence[AttentionPattern | None] | None
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                        pattern: PatternArg = None) -> torch.Tensor:
+                        pattern: PatternArg = None, scale: float | None = None) -> torch.Tensor:
     """Masked-softmax attention of (B, H, N, D) tensors in float64 (returns float64).
 
     pattern: one pattern for all heads, one per head (None = full head), or None for full attention.
+    scale: multiplies q.k before the softmax (None = 1/sqrt(head_dim), as SDPA).
     """
     n_heads, n = q.shape[1], q.shape[2]
-    scores = (q.double() @ k.double().transpose(-1, -2)) * q.shape[-1] ** -0.5
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = (q.double() @ k.double().transpose(-1, -2)) * scale
     heads = pattern if isinstance(pattern, Sequence) else [pattern] * n_heads
     if len(heads) != n_heads:
         raise ValueError(f"{len(heads)} per-head patterns for {n_heads} heads")

@@ -90,7 +90,8 @@ class FastSearch(PlanSearch):
         if rows is None or layer >= self.num_layers:
             return o
         chunks = ctx.chunks
-        w = windowed_attention(q, k, v, self.engine.pattern(layout), backend=self.engine.backend)
+        w = windowed_attention(q, k, v, self.engine.pattern(layout), backend=self.engine.backend,
+                               scale=ctx.scale)
 
         last = [st.output(layer, c.slot, q[r], layout, step) for c, r in zip(chunks, rows, strict=True)]
         self._add(layer, Strategy.AST, o, torch.cat(last) if all(x is not None for x in last) else None)

@@ -111,7 +111,6 @@ def install_torchvision_stub() -> None:
         module = types.ModuleType(name)
         module.__spec__ = importlib.machinery.ModuleSpec(name, loader=None, is_package=True)
         module.__path__ = []
-        module.__file__ = None
         sys.modules[name] = module
     sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
 

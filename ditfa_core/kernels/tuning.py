@@ -4,8 +4,8 @@ No fixed order is right everywhere: on a CPU the banded kernel wins bands from N
 tile depends on N, and ``blocked``'s tile size trades wasted pairs against calls; on a GPU flash-attn,
 torch's FA2 window and compiled Flex trade places with the window and head dim. So the first call of
 a shape times every candidate on its own tensors (one warm-up, then the best of ``REPEATS`` runs) and
-keeps the fastest; the choice is cached in memory and in a JSON file, so a process pays for it once
-per machine.
+keeps the fastest (a candidate twice as slow as the best so far is not timed again); the choice is
+cached in memory and in a JSON file, so a process pays for it once per machine.
 
 Overrides, in order: ``windowed_attention(backend=...)``; the environment variable
 ``DITFA_WINDOW_BACKEND`` (``name`` or ``name:tile``, e.g. ``blocked:128``); ``DITFA_KERNEL_TUNE=0``
@@ -137,6 +137,8 @@ def measure(candidates: list[Choice], run: Callable[[Choice], torch.Tensor],
             run(choice)
             best = float("inf")
             for _ in range(REPEATS):
+                if best > 2 * min(times.values(), default=float("inf")) / 1e3:
+                    break   # clearly slower than the best so far: no need for a second look
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 t0 = time.perf_counter()

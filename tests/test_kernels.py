@@ -178,6 +178,15 @@ def test_auto_measures_once_caches_and_obeys_the_override(tmp_path, monkeypatch,
     monkeypatch.setenv("DITFA_WINDOW_BACKEND", "blocked:x")
     with pytest.raises(ValueError, match="name:tile"):
         windowed_attention(q, k, v, pattern)
+    monkeypatch.setenv("DITFA_WINDOW_BACKEND", "blocked:64@1")
+    threads = torch.get_num_threads()
+    monkeypatch.setitem(kernels._BACKENDS, "blocked", dataclasses.replace(
+        spy, run=lambda *a: calls.append(torch.get_num_threads()) or q))
+    windowed_attention(q, k, v, pattern)
+    assert calls[-1] == 1 and torch.get_num_threads() == threads, "one thread inside, restored after"
+    monkeypatch.setenv("DITFA_WINDOW_BACKEND", "blocked:64@x")
+    with pytest.raises(ValueError, match="name:tile"):
+        windowed_attention(q, k, v, pattern)
 
 
 def test_cpu_selection_and_errors() -> None:

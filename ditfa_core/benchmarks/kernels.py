@@ -31,7 +31,7 @@ import torch
 
 from ..context import COND_UNCOND, CallContext
 from ..engine import FastAttention
-from ..kernels import auto_choice, available_backends, dense_attention, select_backend, windowed_attention
+from ..kernels import auto_choice, available_backends, dense_attention, windowed_attention
 from ..schedule import Schedule
 from ..strategies import Strategy
 from ..windows import AttentionPattern, TokenLayout, WindowSpec
@@ -71,6 +71,35 @@ def time_ms(fn: Callable[[], torch.Tensor], device: torch.device, max_repeats: i
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def paired_ms(fns: dict[str, Callable[[], torch.Tensor]], repeats: int) -> dict[str, float]:
+    """Median ms of each function, timed round-robin after one warm-up each, so that a load that
+    drifts during the measurement hits every kernel alike (wall clock: CPU)."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def timed_pair(dense: Callable[[], torch.Tensor], call: Callable[[], torch.Tensor], device: torch.device,
+               args: argparse.Namespace) -> tuple[float, float]:
+    """(dense ms, call ms): one after the other on a GPU, round-robin on a CPU with as many rounds
+    as ``args.budget`` seconds allow (at least 2, at most ``args.repeats``)."""
+    if device.type == "cuda":
+        return (time_ms(dense, device, args.repeats, args.budget),
+                time_ms(call, device, args.repeats, args.budget))
+    t0 = time.perf_counter()
+    dense()
+    first = time.perf_counter() - t0
+    rounds = max(2, min(args.repeats, int(args.budget / max(2 * first, 1e-6))))
+    ms = paired_ms({"dense": dense, "call": call}, rounds)
+    return ms["dense"], ms["call"]
 
 
 VIDEO_GRID = (21, 30, 52)
@@ -144,10 +173,10 @@ def strategy_schedule(strategy: Strategy, refresh: bool) -> Schedule:
 
 
 def engine_call_row(label: str, strategy: Strategy, refresh: bool, qkv: tuple[torch.Tensor, ...],
-                    window: WindowSpec, backend: str, dense_ms: float, args: argparse.Namespace,
-                    device: torch.device) -> dict:
+                    window: WindowSpec, backend: str, args: argparse.Namespace, device: torch.device) -> dict:
     """One layer's attention call at step 1 under ``strategy`` through the engine (a CFG batch of one
-    conditional and one unconditional row), against one dense call of the same batch."""
+    conditional and one unconditional row), against one dense call of the same batch timed with it
+    (round-robin on a CPU, so that the FULL row reads 1.0 however the load drifts)."""
     q, k, v = qkv
     n = q.shape[2]
     layout = grid_layout(n)
@@ -158,7 +187,8 @@ def engine_call_row(label: str, strategy: Strategy, refresh: bool, qkv: tuple[to
         ctx = CallContext(0, 1, COND_UNCOND, layout, eval_key=1)
         engine(q, k, v, ctx)
         flops = (engine.stats.flops - flops0) / (engine.stats.full_flops - full0)
-        ms = time_ms(functools.partial(engine, q, k, v, ctx), device, args.repeats, args.budget)
+        dense_ms, ms = timed_pair(functools.partial(dense_attention, q, k, v),
+                                  functools.partial(engine, q, k, v, ctx), device, args)
         fallbacks = engine.stats.fallbacks
     finally:
         engine.close()
@@ -166,7 +196,7 @@ def engine_call_row(label: str, strategy: Strategy, refresh: bool, qkv: tuple[to
     pattern = window.resolve(layout)
     return {"tokens": n, "heads": q.shape[1], "head_dim": q.shape[-1], "strategy": label,
             "window": window.kind if uses_window else None,
-            "backend": (backend if backend != "auto" else select_backend(pattern, device, q.dtype))
+            "backend": (backend if backend != "auto" else f"auto={auto_choice(q, k, v, pattern)}")
             if uses_window else "dense",
             "dense_ms": dense_ms, "ms": ms, "latency_fraction": ms / dense_ms, "flops_fraction": flops,
             "latency_per_flops": ms / dense_ms / flops if flops else None, "fallbacks": fallbacks}
@@ -178,19 +208,17 @@ def strategy_rows(n: int, head_dim: int, args: argparse.Namespace, device: torch
     gen = torch.Generator().manual_seed(n * 1000 + head_dim)
     shape = (2, args.heads, n, head_dim)
     qkv = tuple(torch.randn(shape, generator=gen).to(device, dtype) for _ in range(3))
-    dense_ms = time_ms(functools.partial(dense_attention, *qkv), device, args.repeats, args.budget)
     rows = []
     for label, strategy, refresh in STRATEGY_CASES:
         if not (strategy.uses_window or refresh):
             rows.append(engine_call_row(label, strategy, refresh, qkv, WindowSpec("band", args.fraction),
-                                        "auto", dense_ms, args, device))
+                                        "auto", args, device))
             continue
         for kind in args.kinds:
             window = WindowSpec(kind, args.fraction)
             for backend in backend_names(args.backends, device, dtype) or ["auto"]:
                 try:
-                    rows.append(engine_call_row(label, strategy, refresh, qkv, window, backend, dense_ms,
-                                                args, device))
+                    rows.append(engine_call_row(label, strategy, refresh, qkv, window, backend, args, device))
                 except ValueError as exc:   # the backend cannot run this window
                     log.info("skipped: %s", exc)
     return rows
@@ -254,20 +282,6 @@ def run_suite(args: argparse.Namespace, device: torch.device) -> dict:
 
 
 # -- the growth study: ``python -m ditfa_core.benchmarks.kernels`` ------------------------------------
-
-
-def paired_ms(fns: dict[str, Callable[[], torch.Tensor]], repeats: int) -> dict[str, float]:
-    """Median ms of each function, timed round-robin after one warm-up each, so that a load that
-    drifts during the measurement hits every kernel alike (wall clock: CPU)."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def load_average() -> float | None:

@@ -148,17 +148,21 @@ def _run_group(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Atten
 def _run(choice: tuning.Choice, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
          pattern: AttentionPattern) -> torch.Tensor:
     run = _BACKENDS[choice.backend].run
-    return run(q, k, v, pattern) if choice.tile is None else run(q, k, v, pattern, choice.tile)
+    with choice.threads_set():
+        return run(q, k, v, pattern) if choice.tile is None else run(q, k, v, pattern, choice.tile)
 
 
 def candidates(pattern: AttentionPattern, device: torch.device, dtype: torch.dtype) -> list[tuning.Choice]:
-    """Every automatic backend that can run the pattern here, with each tile size worth trying."""
+    """Every automatic backend that can run the pattern here, with each tile size worth trying and,
+    on a CPU with several threads, each also on one thread."""
+    cpu = device.type == "cpu"
+    threads = (None, 1) if cpu and torch.get_num_threads() > 1 else (None,)
     out = []
     for name in available_backends(device, dtype):
         b = _BACKENDS[name]
-        if (device.type != "cpu" or b.automatic_on_cpu) and b.supports(pattern, device, dtype):
-            tiles = tuning.CPU_TILES.get(name, (None,)) if device.type == "cpu" else (None,)
-            out += [tuning.Choice(name, tile) for tile in tiles]
+        if (not cpu or b.automatic_on_cpu) and b.supports(pattern, device, dtype):
+            tiles = tuning.CPU_TILES.get(name, (None,)) if cpu else (None,)
+            out += [tuning.Choice(name, tile, t) for t in threads for tile in tiles]
     return out
 
 

@@ -8,20 +8,22 @@ keeps the fastest (a candidate twice as slow as the best so far is not timed aga
 cached in memory and in a JSON file, so a process pays for it once per machine.
 
 Overrides, in order: ``windowed_attention(backend=...)``; the environment variable
-``DITFA_WINDOW_BACKEND`` (``name`` or ``name:tile``, e.g. ``blocked:128``); ``DITFA_KERNEL_TUNE=0``
-turns measuring off (the static order of ``select_backend`` is used). ``DITFA_KERNEL_CACHE`` names
-the cache file (default ``~/.cache/ditfastattn/kernel_choices.json``; empty: memory only).
+``DITFA_WINDOW_BACKEND`` (``name[:tile][@threads]``, e.g. ``blocked:128`` or ``banded:32@1``);
+``DITFA_KERNEL_TUNE=0`` turns measuring off (the static order of ``select_backend`` is used).
+``DITFA_KERNEL_CACHE`` names the cache file (default ``~/.cache/ditfastattn/kernel_choices.json``;
+empty: memory only).
 Shapes under ``MIN_TOKENS`` tokens are not measured (the static order is within noise there).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,21 +40,40 @@ CPU_TILES = {"banded": (32, 64, 128), "blocked": (64, 128, 256)}
 
 @dataclass(frozen=True)
 class Choice:
-    """A backend and its tile size (None: the backend's default or not tiled)."""
+    """A backend, its tile size (None: the backend's default or not tiled) and the CPU threads it
+    runs on (None: torch's setting; 1: one thread, which wins when other processes load the cores,
+    since each of a kernel's small parallel regions then waits for a descheduled thread)."""
 
     backend: str
     tile: int | None = None
+    threads: int | None = None
 
     def __str__(self) -> str:
-        return self.backend if self.tile is None else f"{self.backend}:{self.tile}"
+        return (self.backend + ("" if self.tile is None else f":{self.tile}")
+                + ("" if self.threads is None else f"@{self.threads}"))
 
     @classmethod
     def parse(cls, text: str) -> Choice:
-        """``name`` or ``name:tile``; ValueError with the expected form otherwise."""
-        name, _, tile = text.strip().partition(":")
-        if not name or (tile and not tile.isdigit()):
-            raise ValueError(f"a kernel choice is 'name' or 'name:tile' (e.g. 'blocked:128'), got {text!r}")
-        return cls(name, int(tile) if tile else None)
+        """``name[:tile][@threads]``; ValueError with the expected form otherwise."""
+        rest, _, threads = text.strip().partition("@")
+        name, _, tile = rest.partition(":")
+        if not name or (tile and not tile.isdigit()) or (threads and not threads.isdigit()):
+            raise ValueError(f"a kernel choice is 'name', 'name:tile' or 'name:tile@threads' (e.g. "
+                             f"'blocked:128@1'), got {text!r}")
+        return cls(name, int(tile) if tile else None, int(threads) if threads else None)
+
+    @contextlib.contextmanager
+    def threads_set(self) -> Iterator[None]:
+        """Run the block on this choice's CPU thread count."""
+        before = torch.get_num_threads()
+        if self.threads is None or self.threads == before:
+            yield
+            return
+        torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
 
 _memory: dict[str, Choice] = {}

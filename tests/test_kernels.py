@@ -163,6 +163,8 @@ def test_auto_measures_once_caches_and_obeys_the_override(tmp_path, monkeypatch,
         torch.testing.assert_close(windowed_attention(q, k, v, pattern).double(), ref, atol=1e-5, rtol=1e-5)
         windowed_attention(q, k, v, pattern)
     assert sum("window kernel for" in r.message for r in caplog.records) == 1, "measured once"
+    timed = next(r.message for r in caplog.records if "window kernel for" in r.message)
+    assert "inf" not in timed, "every candidate was timed"
     key = tuning.shape_key(pattern, q)
     stored = json.loads((tmp_path / "choices.json").read_text())[key]
     assert tuning.Choice.parse(stored).backend in {"banded", "blocked"}

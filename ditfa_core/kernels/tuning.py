@@ -158,8 +158,6 @@ def measure(candidates: list[Choice], run: Callable[[Choice], torch.Tensor],
             run(choice)
             best = float("inf")
             for _ in range(REPEATS):
-                if best > 2 * min(times.values(), default=float("inf")) / 1e3:
-                    break   # clearly slower than the best so far: no need for a second look
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 t0 = time.perf_counter()
@@ -167,8 +165,10 @@ def measure(candidates: list[Choice], run: Callable[[Choice], torch.Tensor],
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 best = min(best, time.perf_counter() - t0)
-        except (ValueError, RuntimeError) as exc:   # this candidate cannot run this shape here
-            log.debug("kernel candidate %s failed: %s", choice, exc)
+                if best * 1e3 > 2 * min(times.values(), default=float("inf")):
+                    break   # clearly slower than the best so far: no need for a second look
+        except Exception as exc:   # e.g. a compiler error: this candidate cannot run this shape here
+            log.warning("window kernel candidate %s failed, skipped: %s: %s", choice, type(exc).__name__, exc)
             continue
         times[str(choice)] = best * 1e3
     if not times:

@@ -4,8 +4,9 @@ No fixed order is right everywhere: on a CPU the banded kernel wins bands from N
 tile depends on N, and ``blocked``'s tile size trades wasted pairs against calls; on a GPU flash-attn,
 torch's FA2 window and compiled Flex trade places with the window and head dim. So the first call of
 a shape times every candidate on its own tensors (one warm-up, then the best of ``REPEATS`` runs) and
-keeps the fastest (a candidate twice as slow as the best so far is not timed again); the choice is
-cached in memory and in a JSON file, so a process pays for it once per machine.
+keeps the fastest (a candidate whose warm-up takes 3x the best time so far is not timed, and one
+twice as slow is not timed again); the choice is cached in memory and in a JSON file, so a process
+pays for it once per machine.
 
 Overrides, in order: ``windowed_attention(backend=...)``; the environment variable
 ``DITFA_WINDOW_BACKEND`` (``name[:tile][@threads]``, e.g. ``blocked:128`` or ``banded:32@1``);
@@ -155,8 +156,13 @@ def measure(candidates: list[Choice], run: Callable[[Choice], torch.Tensor],
     times: dict[str, float] = {}
     for choice in candidates:
         try:
-            run(choice)
+            t0 = time.perf_counter()
+            run(choice)   # warm-up: builds the candidate's plan, compiles
+            warm = time.perf_counter() - t0
             best = float("inf")
+            if warm * 1e3 > 3 * min(times.values(), default=float("inf")):
+                times[str(choice)] = warm * 1e3    # hopeless even allowing for its set-up: not timed
+                continue
             for _ in range(REPEATS):
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)

@@ -151,9 +151,12 @@ def test_banded_is_exact_for_any_tile_size(case: str, tile: int) -> None:
     torch.testing.assert_close(banded.attention(q, k, v, pattern, tile).double(), ref, atol=1e-5, rtol=1e-5)
 
 
-def test_auto_measures_once_caches_and_obeys_the_override(tmp_path, monkeypatch, caplog) -> None:
+def test_auto_measures_once_caches_and_obeys_the_override(tmp_path, monkeypatch, caplog, request) -> None:
     monkeypatch.setenv("DITFA_KERNEL_CACHE", str(tmp_path / "choices.json"))
     monkeypatch.setattr(tuning, "_memory", {})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)    # six candidates rather than twelve (each also on one thread)
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     layout = TokenLayout(1200, image_start=8)
     pattern = WindowSpec(radius=60).resolve(layout)
     gen = torch.Generator().manual_seed(3)
@@ -181,11 +184,11 @@ def test_auto_measures_once_caches_and_obeys_the_override(tmp_path, monkeypatch,
     with pytest.raises(ValueError, match="name:tile"):
         windowed_attention(q, k, v, pattern)
     monkeypatch.setenv("DITFA_WINDOW_BACKEND", "blocked:64@1")
-    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
     monkeypatch.setitem(kernels._BACKENDS, "blocked", dataclasses.replace(
         spy, run=lambda *a: calls.append(torch.get_num_threads()) or q))
     windowed_attention(q, k, v, pattern)
-    assert calls[-1] == 1 and torch.get_num_threads() == threads, "one thread inside, restored after"
+    assert calls[-1] == 1 and torch.get_num_threads() == 2, "one thread inside, restored after"
     monkeypatch.setenv("DITFA_WINDOW_BACKEND", "blocked:64@x")
     with pytest.raises(ValueError, match="name:tile"):
         windowed_attention(q, k, v, pattern)

@@ -303,7 +303,7 @@ def growth_rows(n: int, d: int, dtype_name: str, threads: int, args: argparse.Na
     chosen = {}
     for kind, pattern in patterns.items():
         chosen[kind] = auto_choice(q, k, v, pattern)
-        for backend in ["auto", *(b for b in args.compare if not chosen[kind].startswith(b))]:
+        for backend in ["auto", *(b for b in args.compare if b != chosen[kind])]:
             fns[f"{kind}/{backend}"] = functools.partial(windowed_attention, q, k, v, pattern,
                                                          backend=backend)
     repeats = args.repeats if n < args.long else max(1, args.repeats // 2)

@@ -182,7 +182,12 @@ def e2e(args: argparse.Namespace, rec: Recorder) -> None:
                                  easycache=bench.FORCED_SKIP, seed=0,
                                  budget=max(1.0, rec.left() - margin) if rec.limit else 0.0)
     rec.result["settings"] = {**cfg, "model": name, "device": str(device), "levels": options.levels}
-    rec.result["rows"] = bench.bench_model(name, spec, options, device, dtype, host)
+
+    def save(rows: list[dict]) -> None:
+        rec.result["rows"] = rows
+        rec.save()
+
+    save(bench.bench_model(name, spec, options, device, dtype, host, on_round=save))
 
 
 RUNNERS: dict[str, Callable[[argparse.Namespace, Recorder], None]] = {

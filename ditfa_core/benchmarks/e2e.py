@@ -450,10 +450,12 @@ def build_configs(name: str, spec: ModelSpec, args: argparse.Namespace, base: An
 
 
 def bench_model(name: str, spec: ModelSpec, args: argparse.Namespace, device: torch.device,
-                dtype: torch.dtype, host: tuple[ModuleType, ModuleType, ModuleType]) -> list[dict]:
+                dtype: torch.dtype, host: tuple[ModuleType, ModuleType, ModuleType],
+                on_round: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Every configuration of one model, interleaved: after one untimed warm-up run each, up to
     ``args.repeats`` rounds run every configuration once (in a rotated order), so that drifting load
-    hits all alike; rounds stop early when the next would pass ``args.budget`` seconds."""
+    hits all alike; rounds stop early when the next would pass ``args.budget`` seconds. ``on_round``
+    sees the rows so far after each round (so a caller killed mid-way keeps them)."""
     _, comfy_models, pack = host
     apply_module = importlib.import_module(f"{pack.__name__}.nodes.apply")
     cfg = spec.cfg if args.cfg is None else args.cfg
@@ -478,6 +480,8 @@ def bench_model(name: str, spec: ModelSpec, args: argparse.Namespace, device: to
             t0 = time.perf_counter()
             for config in configs[r % len(configs):] + configs[:r % len(configs)]:
                 config.samples.append(run(config, args.steps))
+            if on_round is not None:
+                on_round(summarise(configs, geometry))
             spent, last = time.perf_counter() - started, time.perf_counter() - t0
             if args.budget and spent + last > args.budget and r + 1 < args.repeats:
                 log.warning("%s: %d of %d rounds fit the %.0f s budget", name, r + 1, args.repeats,

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+
+# Kernel choices measured by tests stay in memory (never in the user's cache file).
+os.environ.setdefault("DITFA_KERNEL_CACHE", "")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the harness sits next to this file
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,12 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_mask
 
+import ditfa_core.kernels as kernels
 from ditfa_core.kernels import (
     available_backends,
+    banded,
     blocked,
     dense_attention,
     flex,
     select_backend,
+    tuning,
     windowed_attention,
 )
 from ditfa_core.kernels.reference import reference_attention
@@ -32,6 +36,7 @@ CASES = {
     "band-r0": (TokenLayout(65), WindowSpec(radius=0), 1, 2, 16),
     "band-window-ge-n": (TokenLayout(100), WindowSpec(radius=150), 1, 2, 16),
     "band+text": (TokenLayout(333, image_start=45), WindowSpec(radius=33), 1, 2, 64),
+    "band-just-wider-than-2r": (TokenLayout(90), WindowSpec(radius=44), 2, 2, 32),
     "band+text-both-sides": (TokenLayout(300, image_start=17, grid=(1, 1, 260)), WindowSpec(radius=40),
                              2, 2, 40),
     "image": (TokenLayout(24 * 20, grid=(1, 24, 20)), WindowSpec("nbhd"), 1, 2, 64),
@@ -69,7 +74,8 @@ def _params(backends: list[str], cases=CASES):
     flex_marks = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
     marks = {"flex": flex_marks}
     return [pytest.param(b, c, id=f"{b}-{c}", marks=marks.get(b, []))
-            for b in backends for c in cases if b != "flex" or c in FLEX_CASES]
+            for b in backends for c in cases if (b != "flex" or c in FLEX_CASES)
+            and (b != "banded" or banded.supports(pattern_of(c), CPU, torch.float32))]
 
 
 @pytest.mark.parametrize(("backend", "case"), _params(available_backends(CPU, torch.float32)))
@@ -148,10 +154,63 @@ def test_per_head_patterns_equal_heads_one_at_a_time() -> None:
     torch.testing.assert_close(out.double(), reference_attention(q, k, v, heads), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if banded.supports(pattern_of(c), CPU, torch.float32)])
+@pytest.mark.parametrize("tile", [1, 7, 64, 1000])
+def test_banded_is_exact_for_any_tile_size(case: str, tile: int) -> None:
+    q, k, v = qkv(case)
+    pattern = pattern_of(case)
+    ref = reference_attention(q, k, v, pattern)
+    torch.testing.assert_close(banded.attention(q, k, v, pattern, tile).double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_auto_measures_once_caches_and_obeys_the_override(tmp_path, monkeypatch, caplog, request) -> None:
+    monkeypatch.setenv("DITFA_KERNEL_CACHE", str(tmp_path / "choices.json"))
+    monkeypatch.setattr(tuning, "_memory", {})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)    # six candidates rather than twelve (each also on one thread)
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
+    layout = TokenLayout(1200, image_start=8)
+    pattern = WindowSpec(radius=60).resolve(layout)
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 1200, 32, generator=gen) for _ in range(3))
+    ref = reference_attention(q, k, v, pattern)
+    with caplog.at_level("INFO", logger="ditfa_core.kernels.tuning"):
+        torch.testing.assert_close(windowed_attention(q, k, v, pattern).double(), ref, atol=1e-5, rtol=1e-5)
+        windowed_attention(q, k, v, pattern)
+    assert sum("window kernel for" in r.message for r in caplog.records) == 1, "measured once"
+    timed = next(r.message for r in caplog.records if "window kernel for" in r.message)
+    assert "inf" not in timed, "every candidate was timed"
+    key = tuning.shape_key(pattern, q)
+    stored = json.loads((tmp_path / "choices.json").read_text())[key]
+    assert tuning.Choice.parse(stored).backend in {"banded", "blocked"}
+    monkeypatch.setattr(tuning, "_memory", {})
+    assert tuning.cached(key) == tuning.Choice.parse(stored), "read back from disk"
+
+    monkeypatch.setenv("DITFA_WINDOW_BACKEND", "blocked:64")
+    calls = []
+    spy = dataclasses.replace(kernels._BACKENDS["blocked"], run=lambda *a: calls.append(a[4]) or q)
+    monkeypatch.setitem(kernels._BACKENDS, "blocked", spy)
+    windowed_attention(q, k, v, pattern)
+    assert calls == [64]
+    monkeypatch.setenv("DITFA_WINDOW_BACKEND", "blocked:x")
+    with pytest.raises(ValueError, match="name:tile"):
+        windowed_attention(q, k, v, pattern)
+    monkeypatch.setenv("DITFA_WINDOW_BACKEND", "blocked:64@1")
+    torch.set_num_threads(2)
+    monkeypatch.setitem(kernels._BACKENDS, "blocked", dataclasses.replace(
+        spy, run=lambda *a: calls.append(torch.get_num_threads()) or q))
+    windowed_attention(q, k, v, pattern)
+    assert calls[-1] == 1 and torch.get_num_threads() == 2, "one thread inside, restored after"
+    monkeypatch.setenv("DITFA_WINDOW_BACKEND", "blocked:64@x")
+    with pytest.raises(ValueError, match="name:tile"):
+        windowed_attention(q, k, v, pattern)
+
+
 def test_cpu_selection_and_errors() -> None:
-    assert select_backend(pattern_of("band"), "cpu", torch.float32) == "blocked"
+    assert select_backend(pattern_of("band"), "cpu", torch.float32) == "banded"
+    assert select_backend(pattern_of("band-r0"), "cpu", torch.float32) == "blocked"
     assert select_backend(pattern_of("video+text"), CPU, torch.bfloat16) == "blocked"
-    assert available_backends("cpu", torch.float32)[0] == "blocked"
+    assert available_backends("cpu", torch.float32)[:2] == ["banded", "blocked"]
     q, k, v = qkv("band")
     pattern = pattern_of("band")
     with pytest.raises(ValueError, match="unknown"):
@@ -238,11 +297,15 @@ def test_cuda_fp32_backends_match_reference(case: str) -> None:
     assert select_backend(pattern, device, torch.float32) == available_backends(device, torch.float32)[0]
 
 
-def test_benchmark_smoke(tmp_path, capsys) -> None:
+def test_growth_study_smoke(tmp_path, capsys) -> None:
     from ditfa_core.benchmarks.kernels import main
 
     out = tmp_path / "bench.json"
-    main(["--tokens", "256", "--heads", "1", "--head-dim", "16", "--repeats", "2", "--json", str(out)])
+    main(["--tokens", "256", "576", "--heads", "1", "--head-dims", "16", "--dtypes", "fp32", "--threads", "1",
+          "--repeats", "1", "--json", str(out)])
     result = json.loads(out.read_text())
-    assert result["rows"][0]["backend"] == "blocked" and result["threads"] >= 1
-    assert "lat/FLOP" in capsys.readouterr().out
+    assert {(r["tokens"], r["kind"]) for r in result["rows"]} >= {(256, "band"), (576, "nbhd")}
+    assert any(r["backend"].startswith("auto=") for r in result["rows"])
+    fits = {(f["kind"], f["backend"]) for f in result["exponents"]}
+    assert ("dense", "dense") in {(k, b.split()[0]) for k, b in fits} and ("band", "auto") in fits
+    assert "lat/FLOPs" in capsys.readouterr().out

@@ -9,11 +9,18 @@ paper's D1-D6 plans (Table 1; OpenSora's five for video) by ``synthesise_grid``.
 
 Needs a ComfyUI 0.3.64+ checkout (``COMFYUI_PATH``) and this repository's ``tests/`` (the headless
 bootstrap). Real geometry needs a GPU; ``--smoke`` runs the same classes at toy sizes on a CPU.
+
+Fairness: every configuration runs on the same dense kernel (torch SDPA, see ``dense_kernel``; the
+host's own default is measured beside it when it differs), configurations are interleaved round by
+round, latencies are medians with their range, and EasyCache is forced to skip by default so that its
+combination with a plan measures something on random weights. ``forwards`` counts the transformer
+forwards a run really made; peak memory is the allocator's (CUDA) or the resident set's (CPU) peak.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import gc
@@ -23,7 +30,7 @@ import math
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -103,12 +110,18 @@ SMOKE_MODELS: dict[str, ModelSpec] = {
                              OPENSORA, 5.0),
 }
 
-SMOKE = {"models": list(SMOKE_MODELS), "steps": 4, "levels": ["D1", "D6"], "repeats": 1}
+SMOKE = {"models": list(SMOKE_MODELS), "steps": 4, "levels": ["D1", "D6"], "repeats": 2}
+
+FORCED_SKIP = 1e9
+"""EasyCache reuse_threshold that skips every step it may (15-95% of the schedule): on random weights
+the real default (0.2) skipped nothing, which measured only EasyCache's overhead."""
 
 COLUMNS = [("model", "model"), ("config", "config"), ("tokens", "image tokens"), ("steps", "steps"),
-           ("cfg", "cfg"), ("plan_flops", "plan FLOPs"), ("engine_flops", "engine FLOPs"),
-           ("latency_s", "latency s"), ("speedup", "speedup"), ("attention_s", "attention s"),
-           ("attention_speedup", "attn speedup"), ("peak_mib", "peak MiB"), ("note", "note")]
+           ("forwards", "forwards"), ("plan_flops", "plan FLOPs"), ("engine_flops", "engine FLOPs"),
+           ("repeats", "runs"), ("latency_s", "latency s"), ("latency_range", "range s"),
+           ("speedup", "speedup"), ("attention_s", "attention s"), ("attention_share", "attn share"),
+           ("attention_speedup", "attn speedup"), ("amdahl", "Amdahl bound"), ("peak_mib", "peak MiB"),
+           ("extra_mib", "+MiB vs unpatched"), ("note", "note")]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,9 +137,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window-fraction", type=float, default=1 / 8)
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                         help="auto: bf16 on CUDA, fp32 on CPU")
-    parser.add_argument("--repeats", type=int, default=1, help="timed generations per configuration")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="rounds; each runs every configuration once, interleaved")
+    parser.add_argument("--budget", type=float, default=0.0,
+                        help="seconds per model: no new round once the next would pass it (0: no limit)")
     parser.add_argument("--warmup-steps", type=int, default=2, help="steps of the untimed run before each")
-    parser.add_argument("--easycache", type=float, default=0.2, help="EasyCache reuse_threshold; <= 0: skip")
+    parser.add_argument("--easycache", type=float, default=FORCED_SKIP,
+                        help=f"EasyCache reuse_threshold (default {FORCED_SKIP:g}: skip every step it may); "
+                             "<= 0: no EasyCache rows")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -297,31 +315,112 @@ class Timings:
         self.module.FastAttention = self.base
 
 
-def generation(sample: Callable[..., torch.Tensor], patcher: Any, inputs: tuple, steps: int, cfg: float,
-               seed: int, device: torch.device) -> tuple[torch.Tensor, float, int | None]:
-    """(latent out, seconds, peak GPU bytes or None on a CPU) of one KSampler-like run (euler)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    out = sample(patcher, *inputs, steps=steps, cfg=cfg, seed=seed)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - t0
-    return out, seconds, torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+@contextlib.contextmanager
+def dense_kernel(kind: str) -> Iterator[None]:
+    """Within the block, ComfyUI's dense attention is torch SDPA (``kind="sdpa"``) or the host's own
+    choice (``"host"``, e.g. the sub-quadratic kernel on a CPU).
+
+    The pack's dense calls go through the host's kernel, and its window kernels are SDPA based: an
+    unpatched baseline on another kernel would credit (or charge) the pack with the difference
+    between two dense kernels. ComfyUI's blocks read the module global ``optimized_attention``
+    bound at import, so every ``comfy`` module holding the host's choice gets ``attention_pytorch``.
+    """
+    import comfy.ldm.modules.attention as attention
+
+    default, sdpa = attention.optimized_attention, attention.attention_pytorch
+    if kind == "host" or default is sdpa:
+        yield
+        return
+    holders = [m for name, m in list(sys.modules.items())
+               if name.startswith("comfy") and getattr(m, "optimized_attention", None) is default]
+    for module in holders:
+        module.optimized_attention = sdpa
+    try:
+        yield
+    finally:
+        for module in holders:
+            module.optimized_attention = default
 
 
-def bench_model(name: str, spec: ModelSpec, args: argparse.Namespace, device: torch.device,
-                dtype: torch.dtype, host: tuple[ModuleType, ModuleType, ModuleType]) -> list[dict]:
-    """Every configuration of one model: unpatched, all-FULL, each level's plan, EasyCache."""
-    _, comfy_models, pack = host
+def host_default_is_sdpa() -> bool:
+    import comfy.ldm.modules.attention as attention
+
+    return attention.optimized_attention is attention.attention_pytorch
+
+
+class PeakMemory:
+    """Peak memory of one run: CUDA's allocator peak, or on Linux CPUs the resident-set high-water
+    mark (reset through ``/proc/self/clear_refs``; None where the kernel refuses)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        with contextlib.suppress(OSError):
+            Path("/proc/self/clear_refs").write_text("5")
+
+    def read(self) -> int | None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device)
+        try:
+            status = Path("/proc/self/status").read_text()
+        except OSError:
+            return None
+        line = next((x for x in status.splitlines() if x.startswith("VmHWM:")), None)
+        return int(line.split()[1]) * 1024 if line else None
+
+
+@dataclass
+class Config:
+    """One measured configuration: its patched model, plan FLOPs (None: no plan) and dense kernel."""
+
+    label: str
+    patcher: Any
+    flops: float | None = None
+    dense: str = "sdpa"
+    samples: list[dict] = field(default_factory=list)
+
+
+def first_block(module: torch.nn.Module) -> torch.nn.Module:
+    """The first block of the model's first block list: one call per transformer forward (a CFG
+    batch is one forward), counted to see which steps a step cache really skipped."""
+    blocks = next(m for m in module.modules() if isinstance(m, torch.nn.ModuleList) and len(m))
+    return blocks[0]
+
+
+def generation(config: Config, sample: Callable[..., torch.Tensor], inputs: tuple, steps: int, cfg: float,
+               seed: int, device: torch.device, timings: Callable[[], Timings] | None,
+               counter: list[int], memory: PeakMemory) -> dict:
+    """One KSampler-like run (euler): latent out, seconds, forwards, peak bytes, attention seconds."""
+    counter[0] = 0
+    memory.reset()
+    instrument = timings() if timings is not None and config.flops is not None else contextlib.nullcontext()
+    with dense_kernel(config.dense), instrument as timed:
+        t0 = time.perf_counter()
+        out = sample(config.patcher, *inputs, steps=steps, cfg=cfg, seed=seed)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+    run = {"out": out, "seconds": seconds, "forwards": counter[0], "peak": memory.read()}
+    if timed is not None:
+        engine = timed.engines[-1]
+        run.update(attention_s=engine.attention_seconds(), engine_flops=engine.stats.flops_fraction,
+                   fallbacks=engine.stats.fallbacks)
+    return run
+
+
+def build_configs(name: str, spec: ModelSpec, args: argparse.Namespace, base: Any, pack: ModuleType,
+                  cfg: float) -> tuple[list[Config], dict[str, Any]]:
+    """Unpatched (SDPA and, where it differs, the host's default kernel), all-FULL, one plan per
+    level, EasyCache, and EasyCache on top of the deepest plan; plus the geometry."""
     apply_module = importlib.import_module(f"{pack.__name__}.nodes.apply")
     plan_module = importlib.import_module(f"{pack.__name__}.ditfa_core.plan")
     families = importlib.import_module(f"{pack.__name__}.nodes.families")
-    cfg = spec.cfg if args.cfg is None else args.cfg
-    base = build(spec, device, dtype, args.seed)
-    pos, neg = conditioning(spec, args.seed)
-    inputs = (torch.zeros(spec.latent), pos, neg)
     family = families.detect(base)
     dm = base.model.diffusion_model
     _, layers = family.layer_bases(dm)
@@ -338,55 +437,111 @@ def bench_model(name: str, spec: ModelSpec, args: argparse.Namespace, device: to
             model=base, plan=plan, enable=True, window=args.window, window_fraction=args.window_fraction,
             cache_device="gpu", mode="adapt")[0]   # the plan records no text length
 
-    configs: list[tuple[str, Any, float | None]] = [("unpatched", base, None)]
-    full = [[Strategy.FULL] * layers for _ in range(args.steps)]
-    configs.append(("all-FULL", apply(full, 1.0), 1.0))
+    configs = [Config("unpatched", base)]
+    if not host_default_is_sdpa():
+        configs.append(Config("unpatched, host kernel", base, dense="host"))
+    configs.append(Config("all-FULL", apply([[Strategy.FULL] * layers for _ in range(args.steps)], 1.0), 1.0))
     for level in args.levels:
         index = int(level[1:]) - 1
-        if index >= len(spec.targets):
-            continue
-        grid, flops = synthesise_grid(args.steps, layers, spec.targets[index], pairs, cfg != 1.0)
-        configs.append((f"{level} ({spec.targets[index]:.0%})", apply(grid, flops), flops))
+        if index < len(spec.targets):
+            grid, flops = synthesise_grid(args.steps, layers, spec.targets[index], pairs, cfg != 1.0)
+            configs.append(Config(f"{level} ({spec.targets[index]:.0%})", apply(grid, flops), flops))
     if args.easycache > 0:
         from comfy_extras.nodes_easycache import EasyCacheNode
 
-        configs.append(("EasyCache", EasyCacheNode.execute(
-            model=base, reuse_threshold=args.easycache, start_percent=0.15, end_percent=0.95,
-            verbose=False)[0], None))
+        def easycache(model: Any) -> Any:
+            return EasyCacheNode.execute(model=model, reuse_threshold=args.easycache, start_percent=0.15,
+                                         end_percent=0.95, verbose=False)[0]
 
-    rows, reference = [], None
-    for label, patcher, flops in configs:
-        run = functools.partial(generation, comfy_models.sample, patcher, inputs, cfg=cfg, seed=args.seed,
-                                device=device)
+        configs.append(Config("EasyCache", easycache(base)))
+        deepest = configs[-2] if configs[-2].flops is not None and configs[-2].flops < 1.0 else None
+        if deepest is not None:
+            configs.append(Config(f"EasyCache + {deepest.label}", easycache(deepest.patcher), deepest.flops))
+    geometry = {"model": name, "tokens": n_img, "steps": args.steps, "cfg": cfg, "layers": layers,
+                "window_pair_fraction": pairs}
+    return configs, geometry
+
+
+def bench_model(name: str, spec: ModelSpec, args: argparse.Namespace, device: torch.device,
+                dtype: torch.dtype, host: tuple[ModuleType, ModuleType, ModuleType],
+                on_round: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """Every configuration of one model, interleaved: after one untimed warm-up run each, up to
+    ``args.repeats`` rounds run every configuration once (in a rotated order), so that drifting load
+    hits all alike; rounds stop early when the next would pass ``args.budget`` seconds. ``on_round``
+    sees the rows so far after each round (so a caller killed mid-way keeps them)."""
+    _, comfy_models, pack = host
+    apply_module = importlib.import_module(f"{pack.__name__}.nodes.apply")
+    cfg = spec.cfg if args.cfg is None else args.cfg
+    base = build(spec, device, dtype, args.seed)
+    configs, geometry = build_configs(name, spec, args, base, pack, cfg)
+    inputs = (torch.zeros(spec.latent), *conditioning(spec, args.seed))
+    counter = [0]
+    hook = first_block(base.model.diffusion_model).register_forward_pre_hook(
+        lambda *_: counter.__setitem__(0, counter[0] + 1))
+    memory = PeakMemory(device)
+
+    def run(config: Config, steps: int) -> dict:
+        return generation(config, comfy_models.sample, inputs, steps, cfg, args.seed, device,
+                          functools.partial(Timings, apply_module, device), counter, memory)
+
+    started = time.perf_counter()
+    try:
         if args.warmup_steps:
-            run(args.warmup_steps)
-        timed = [run(args.steps) for _ in range(args.repeats)]
-        out = timed[0][0]
-        row = {"model": name, "config": label, "tokens": n_img, "steps": args.steps, "cfg": cfg,
-               "layers": layers, "plan_flops": flops, "window_pair_fraction": pairs,
-               "latency_s": statistics.median(t[1] for t in timed),
-               "peak_mib": max(t[2] for t in timed) / 2**20 if timed[0][2] is not None else None}
-        if label == "unpatched":
-            reference = out
-        elif label == "all-FULL":
-            row["note"] = "bit-identical" if torch.equal(out, reference) else "DIFFERS from unpatched"
-        if flops is not None:   # one more run, instrumented, for the time inside attention
-            with Timings(apply_module, device) as timings:
-                run(args.steps)
-            engine = timings.engines[-1]
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            row["attention_s"] = engine.attention_seconds()
-            row["engine_flops"] = engine.stats.flops_fraction
-            row["fallbacks"] = engine.stats.fallbacks
-        rows.append(row)
-        log.info("%s %s: %.3f s", name, label, row["latency_s"])
+            for config in configs:
+                run(config, args.warmup_steps)
+        for r in range(max(1, args.repeats)):
+            t0 = time.perf_counter()
+            for config in configs[r % len(configs):] + configs[:r % len(configs)]:
+                config.samples.append(run(config, args.steps))
+            if on_round is not None:
+                on_round(summarise(configs, geometry))
+            spent, last = time.perf_counter() - started, time.perf_counter() - t0
+            if args.budget and spent + last > args.budget and r + 1 < args.repeats:
+                log.warning("%s: %d of %d rounds fit the %.0f s budget", name, r + 1, args.repeats,
+                            args.budget)
+                break
+    finally:
+        hook.remove()
+    return summarise(configs, geometry)
+
+
+def _median(samples: list[dict], key: str) -> float | None:
+    values = [s[key] for s in samples if s.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def summarise(configs: list[Config], geometry: dict[str, Any]) -> list[dict]:
+    """One row per configuration: medians with ranges, speed-ups against the unpatched SDPA run, the
+    attention share of all-FULL and the Amdahl bound it puts on each plan's end-to-end speed-up."""
+    rows = []
+    for c in configs:
+        times = [s["seconds"] for s in c.samples]
+        rows.append({**geometry, "config": c.label, "dense_kernel": c.dense, "plan_flops": c.flops,
+                     "repeats": len(times), "latency_s": statistics.median(times),
+                     "latency_min_s": min(times), "latency_max_s": max(times),
+                     "forwards": _median(c.samples, "forwards"),
+                     "attention_s": _median(c.samples, "attention_s"),
+                     "engine_flops": _median(c.samples, "engine_flops"),
+                     "fallbacks": max((s.get("fallbacks") or 0) for s in c.samples),
+                     "peak_mib": (_median(c.samples, "peak") or 0) / 2**20 or None})
+    base, full = rows[0], next(r for r in rows if r["config"] == "all-FULL")
+    full_cfg = next(c for c in configs if c.label == "all-FULL")
+    share = full["attention_s"] / full["latency_s"] if full["attention_s"] else None
+    full["attention_share"] = share
     for row in rows:
-        row["speedup"] = rows[0]["latency_s"] / row["latency_s"]
-        if row.get("attention_s"):
-            row["attention_speedup"] = rows[1]["attention_s"] / row["attention_s"]
-    rows[1]["overhead"] = rows[1]["latency_s"] / rows[0]["latency_s"] - 1
-    rows[1]["note"] = f"{rows[1]['note']}, overhead {rows[1]['overhead']:+.1%}"
+        row["speedup"] = base["latency_s"] / row["latency_s"]
+        row["latency_range"] = f"{row['latency_min_s']:.3g}-{row['latency_max_s']:.3g}"
+        if row["peak_mib"] and base["peak_mib"]:
+            row["extra_mib"] = row["peak_mib"] - base["peak_mib"]
+        if row["attention_s"] and full["attention_s"]:
+            row["attention_speedup"] = full["attention_s"] / row["attention_s"]
+            row["amdahl"] = 1 / (1 - share + share / row["attention_speedup"])
+    pairs = zip(full_cfg.samples, configs[0].samples, strict=True)
+    ratios = [f["seconds"] / u["seconds"] - 1 for f, u in pairs]
+    same = torch.equal(full_cfg.samples[0]["out"], configs[0].samples[0]["out"])
+    full["overhead"] = statistics.median(ratios)
+    full["note"] = (f"{'bit-identical' if same else 'DIFFERS from unpatched'}, overhead "
+                    f"{full['overhead']:+.1%} ({min(ratios):+.1%}..{max(ratios):+.1%})")
     return rows
 
 

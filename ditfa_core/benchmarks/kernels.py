@@ -5,11 +5,12 @@ The number that matters for DiTFastAttn is how much of the FLOP saving a kernel 
 ``latency fraction`` (windowed / full) against ``FLOPs fraction`` (visible pairs / N^2). A ratio near
 1 means the kernel is as efficient per pair as dense SDPA.
 
-The window table alone (one head dim):
+Growth with size on the CPU (latency fraction and latency/FLOPs for band and neighbourhood windows
+at each N, head dim, dtype and thread count, the automatic kernel beside ``blocked``, timed round-robin
+with dense SDPA; then the fitted exponent of time vs N):
 
-    python -m ditfa_core.benchmarks.kernels [--device cpu|cuda] [--dtype fp32|bf16]
-        [--tokens 1024 2048 4096 8192 16384] [--heads 4] [--head-dim 64] [--fraction 0.125]
-        [--kind band|nbhd] [--backends blocked flex] [--threads 2] [--json out.json]
+    python -m ditfa_core.benchmarks.kernels [--quick] [--tokens 1024 4096 16384 32768]
+        [--head-dims 64 128] [--dtypes fp32 bf16] [--threads 1 2] [--kinds band nbhd] [--json out.json]
 
 Both tables over head dims 64/72/128 (the ``kernels`` suite): ``python -m ditfa_core.benchmarks kernels``.
 """
@@ -30,7 +31,7 @@ import torch
 
 from ..context import COND_UNCOND, CallContext
 from ..engine import FastAttention
-from ..kernels import available_backends, dense_attention, select_backend, windowed_attention
+from ..kernels import auto_choice, available_backends, dense_attention, windowed_attention
 from ..schedule import Schedule
 from ..strategies import Strategy
 from ..windows import AttentionPattern, TokenLayout, WindowSpec
@@ -72,6 +73,35 @@ def time_ms(fn: Callable[[], torch.Tensor], device: torch.device, max_repeats: i
     return statistics.median(times)
 
 
+def paired_ms(fns: dict[str, Callable[[], torch.Tensor]], repeats: int) -> dict[str, float]:
+    """Median ms of each function, timed round-robin after one warm-up each, so that a load that
+    drifts during the measurement hits every kernel alike (wall clock: CPU)."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def timed_pair(dense: Callable[[], torch.Tensor], call: Callable[[], torch.Tensor], device: torch.device,
+               args: argparse.Namespace) -> tuple[float, float]:
+    """(dense ms, call ms): one after the other on a GPU, round-robin on a CPU with as many rounds
+    as ``args.budget`` seconds allow (at least 2, at most ``args.repeats``)."""
+    if device.type == "cuda":
+        return (time_ms(dense, device, args.repeats, args.budget),
+                time_ms(call, device, args.repeats, args.budget))
+    t0 = time.perf_counter()
+    dense()
+    first = time.perf_counter() - t0
+    rounds = max(2, min(args.repeats, int(args.budget / max(2 * first, 1e-6))))
+    ms = paired_ms({"dense": dense, "call": call}, rounds)
+    return ms["dense"], ms["call"]
+
+
 VIDEO_GRID = (21, 30, 52)
 """Wan 2.1 at 480x832, 81 frames: 21 latent frames of 30x52 patches (32760 tokens)."""
 
@@ -100,7 +130,7 @@ def backend_names(requested: list[str] | None, device: torch.device, dtype: torc
 def measure(n: int, args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
             report: Callable[[dict], None] | None = None) -> list[dict]:
     """Rows for one sequence length: full SDPA once, then each backend's windowed attention
-    (``report`` sees each row as it is measured; default: print it)."""
+    (``report`` sees each row as it is measured)."""
     pattern = make_pattern(n, args.kind, args.fraction)
     gen = torch.Generator().manual_seed(n)
     shape = (1, args.heads, n, args.head_dim)
@@ -108,17 +138,19 @@ def measure(n: int, args: argparse.Namespace, device: torch.device, dtype: torch
     full_ms = time_ms(functools.partial(dense_attention, q, k, v), device, args.repeats, args.budget)
     flops = pattern.pair_count() / n**2
     rows = []
-    for backend in backend_names(args.backends, device, dtype) or [select_backend(pattern, device, dtype)]:
+    for backend in backend_names(args.backends, device, dtype) or ["auto"]:
         window = functools.partial(windowed_attention, q, k, v, pattern, backend=backend)
         try:
             win_ms = time_ms(window, device, args.repeats, args.budget)
         except ValueError as exc:   # this backend cannot run this pattern (e.g. flash-attn and a 2-D box)
             log.info("skipped: %s", exc)
             continue
-        rows.append({"tokens": n, "backend": backend, "radius": list(pattern.radius),
+        name = f"auto={auto_choice(q, k, v, pattern)}" if backend == "auto" else backend
+        rows.append({"tokens": n, "backend": name, "radius": list(pattern.radius),
                      "full_ms": full_ms, "window_ms": win_ms, "latency_fraction": win_ms / full_ms,
                      "flops_fraction": flops, "latency_per_flops": win_ms / full_ms / flops})
-        (report or print_row)(rows[-1])
+        if report is not None:
+            report(rows[-1])
     return rows
 
 
@@ -141,10 +173,10 @@ def strategy_schedule(strategy: Strategy, refresh: bool) -> Schedule:
 
 
 def engine_call_row(label: str, strategy: Strategy, refresh: bool, qkv: tuple[torch.Tensor, ...],
-                    window: WindowSpec, backend: str, dense_ms: float, args: argparse.Namespace,
-                    device: torch.device) -> dict:
+                    window: WindowSpec, backend: str, args: argparse.Namespace, device: torch.device) -> dict:
     """One layer's attention call at step 1 under ``strategy`` through the engine (a CFG batch of one
-    conditional and one unconditional row), against one dense call of the same batch."""
+    conditional and one unconditional row), against one dense call of the same batch timed with it
+    (round-robin on a CPU, so that the FULL row reads 1.0 however the load drifts)."""
     q, k, v = qkv
     n = q.shape[2]
     layout = grid_layout(n)
@@ -155,7 +187,8 @@ def engine_call_row(label: str, strategy: Strategy, refresh: bool, qkv: tuple[to
         ctx = CallContext(0, 1, COND_UNCOND, layout, eval_key=1)
         engine(q, k, v, ctx)
         flops = (engine.stats.flops - flops0) / (engine.stats.full_flops - full0)
-        ms = time_ms(functools.partial(engine, q, k, v, ctx), device, args.repeats, args.budget)
+        dense_ms, ms = timed_pair(functools.partial(dense_attention, q, k, v),
+                                  functools.partial(engine, q, k, v, ctx), device, args)
         fallbacks = engine.stats.fallbacks
     finally:
         engine.close()
@@ -163,7 +196,7 @@ def engine_call_row(label: str, strategy: Strategy, refresh: bool, qkv: tuple[to
     pattern = window.resolve(layout)
     return {"tokens": n, "heads": q.shape[1], "head_dim": q.shape[-1], "strategy": label,
             "window": window.kind if uses_window else None,
-            "backend": (backend if backend != "auto" else select_backend(pattern, device, q.dtype))
+            "backend": (backend if backend != "auto" else f"auto={auto_choice(q, k, v, pattern)}")
             if uses_window else "dense",
             "dense_ms": dense_ms, "ms": ms, "latency_fraction": ms / dense_ms, "flops_fraction": flops,
             "latency_per_flops": ms / dense_ms / flops if flops else None, "fallbacks": fallbacks}
@@ -175,19 +208,17 @@ def strategy_rows(n: int, head_dim: int, args: argparse.Namespace, device: torch
     gen = torch.Generator().manual_seed(n * 1000 + head_dim)
     shape = (2, args.heads, n, head_dim)
     qkv = tuple(torch.randn(shape, generator=gen).to(device, dtype) for _ in range(3))
-    dense_ms = time_ms(functools.partial(dense_attention, *qkv), device, args.repeats, args.budget)
     rows = []
     for label, strategy, refresh in STRATEGY_CASES:
         if not (strategy.uses_window or refresh):
             rows.append(engine_call_row(label, strategy, refresh, qkv, WindowSpec("band", args.fraction),
-                                        "auto", dense_ms, args, device))
+                                        "auto", args, device))
             continue
         for kind in args.kinds:
             window = WindowSpec(kind, args.fraction)
             for backend in backend_names(args.backends, device, dtype) or ["auto"]:
                 try:
-                    rows.append(engine_call_row(label, strategy, refresh, qkv, window, backend, dense_ms,
-                                                args, device))
+                    rows.append(engine_call_row(label, strategy, refresh, qkv, window, backend, args, device))
                 except ValueError as exc:   # the backend cannot run this window
                     log.info("skipped: %s", exc)
     return rows
@@ -250,61 +281,128 @@ def run_suite(args: argparse.Namespace, device: torch.device) -> dict:
             "window_rows": window_rows, "strategy_rows": rows}
 
 
-def run(args: argparse.Namespace) -> dict:
-    """All rows plus the context needed to compare runs (device, torch, threads)."""
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    rows = [row for n in args.tokens for row in measure(n, args, device, dtype)]
-    return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "dtype": args.dtype,
-        "heads": args.heads,
-        "head_dim": args.head_dim,
-        "fraction": args.fraction,
-        "kind": args.kind,
-        "available_backends": available_backends(device, dtype),
-        "rows": rows,
-    }
+# -- the growth study: ``python -m ditfa_core.benchmarks.kernels`` ------------------------------------
 
 
-HEADER = f"{'N':>6} {'backend':>11} {'radius':>13} {'full ms':>9} {'window ms':>10} {'lat frac':>9} " \
-         f"{'FLOP frac':>9} {'lat/FLOP':>8}"
+def load_average() -> float | None:
+    """The 1-minute load average (how busy the machine was), None where unknown."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
 
 
-def print_row(row: dict) -> None:
-    radius = "x".join(map(str, row["radius"]))
-    print(f"{row['tokens']:>6} {row['backend']:>11} {radius:>13} {row['full_ms']:>9.2f} "
-          f"{row['window_ms']:>10.2f} {row['latency_fraction']:>9.3f} {row['flops_fraction']:>9.3f} "
-          f"{row['latency_per_flops']:>8.2f}", flush=True)
+def growth_rows(n: int, d: int, dtype_name: str, threads: int, args: argparse.Namespace) -> list[dict]:
+    """Dense SDPA and each kernel for each window kind at one (N, D, dtype, threads), timed together."""
+    torch.set_num_threads(threads)
+    dtype = DTYPES[dtype_name]
+    gen = torch.Generator().manual_seed(n + d)
+    q, k, v = (torch.randn(1, args.heads, n, d, generator=gen).to(dtype) for _ in range(3))
+    patterns = {kind: make_pattern(n, kind, args.fraction) for kind in args.kinds}
+    fns: dict[str, Callable[[], torch.Tensor]] = {"dense": functools.partial(dense_attention, q, k, v)}
+    chosen = {}
+    for kind, pattern in patterns.items():
+        chosen[kind] = auto_choice(q, k, v, pattern)
+        for backend in ["auto", *(b for b in args.compare if b != chosen[kind])]:
+            fns[f"{kind}/{backend}"] = functools.partial(windowed_attention, q, k, v, pattern,
+                                                         backend=backend)
+    repeats = args.repeats if n < args.long else max(1, args.repeats // 2)
+    ms = paired_ms(fns, repeats)
+    rows = []
+    for name, window_ms in ms.items():
+        if name == "dense":
+            continue
+        kind, backend = name.split("/")
+        flops = patterns[kind].pair_count() / n**2
+        rows.append({"tokens": n, "head_dim": d, "dtype": dtype_name, "threads": threads, "kind": kind,
+                     "backend": f"auto={chosen[kind]}" if backend == "auto" else backend,
+                     "radius": "x".join(map(str, patterns[kind].radius)), "full_ms": ms["dense"],
+                     "window_ms": window_ms, "flops_fraction": flops,
+                     "latency_fraction": window_ms / ms["dense"],
+                     "latency_per_flops": window_ms / ms["dense"] / flops, "repeats": repeats,
+                     "load": load_average()})
+    return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
-    parser.add_argument("--tokens", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
+def exponents(rows: list[dict]) -> list[dict]:
+    """Least-squares slope of log(ms) against log(N), for dense SDPA and each kernel, per series."""
+    series: dict[tuple, dict[int, float]] = {}
+    for r in rows:
+        base = (r["head_dim"], r["dtype"], r["threads"])
+        series.setdefault((*base, "dense", "dense SDPA"), {})[r["tokens"]] = r["full_ms"]
+        kernel = "auto" if r["backend"].startswith("auto") else r["backend"]
+        series.setdefault((*base, r["kind"], kernel), {})[r["tokens"]] = r["window_ms"]
+    out = []
+    for (d, dtype, threads, kind, kernel), points in series.items():
+        if len(points) < 2:
+            continue
+        xs = [math.log(n) for n in points]
+        ys = [math.log(ms) for ms in points.values()]
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+        out.append({"head_dim": d, "dtype": dtype, "threads": threads, "kind": kind, "backend": kernel,
+                    "tokens": "-".join(map(str, sorted(points))), "exponent": slope})
+    return out
+
+
+GROWTH_COLUMNS = [("tokens", "N"), ("head_dim", "D"), ("dtype", "dtype"), ("threads", "threads"),
+                  ("kind", "window"), ("backend", "kernel"), ("radius", "radius"), ("full_ms", "dense ms"),
+                  ("window_ms", "window ms"), ("flops_fraction", "FLOPs frac"),
+                  ("latency_fraction", "latency frac"), ("latency_per_flops", "lat/FLOPs"), ("load", "load")]
+EXPONENT_COLUMNS = [("kind", "window"), ("backend", "kernel"), ("head_dim", "D"), ("dtype", "dtype"),
+                    ("threads", "threads"), ("tokens", "N range"), ("exponent", "time ~ N^p: p")]
+QUICK = {"tokens": [1024, 4096, 16384], "repeats": 3}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Latency fraction and latency/FLOPs against N for band and neighbourhood windows, head dims,
+    dtypes and thread counts, then the fitted exponents of time vs N; CPU wall clock."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--tokens", type=int, nargs="+", default=[1024, 4096, 16384, 32768])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"CPU-sized: {QUICK} (32k dense fp32 takes minutes per point on 2 cores)")
+    parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--fraction", type=float, default=1 / 8)
-    parser.add_argument("--kind", default="band", choices=["band", "nbhd"])
-    parser.add_argument("--backends", nargs="+", help="default: the one backend='auto' picks")
-    parser.add_argument("--repeats", type=int, default=10, help="most measured runs per kernel")
-    parser.add_argument("--budget", type=float, default=CPU_BUDGET_S, help="CPU seconds per kernel timing")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--kinds", nargs="+", default=["band", "nbhd"], choices=["band", "nbhd"])
+    parser.add_argument("--compare", nargs="*", default=["blocked"],
+                        help="kernels timed beside the automatic choice")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (halved from --long tokens)")
+    parser.add_argument("--long", type=int, default=16384, help="from this N, half the rounds")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"device={args.device} dtype={args.dtype} heads={args.heads} head_dim={args.head_dim} "
-          f"fraction={args.fraction:g} kind={args.kind} threads={torch.get_num_threads()} "
-          f"torch={torch.__version__}")
-    print(HEADER)
-    result = run(args)
+    threads = torch.get_num_threads()
+    try:
+        return _study(parser, args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _study(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    if args.quick:
+        for key, value in QUICK.items():
+            if parser.get_default(key) == getattr(args, key):
+                setattr(args, key, value)
+    print(f"# window kernels vs dense SDPA: {cpu_name()}, torch {torch.__version__}, {args.heads} heads, "
+          f"window {args.fraction:g}, load {load_average()}", flush=True)
+    rows: list[dict] = []
+    for n in args.tokens:
+        for d in args.head_dims:
+            for dtype_name in args.dtypes:
+                for threads in args.threads:
+                    new = growth_rows(n, d, dtype_name, threads, args)
+                    rows += new
+                    print(markdown_table(new, GROWTH_COLUMNS).split("\n", 2)[2], flush=True)
+    fits = exponents(rows)
+    print("\n" + markdown_table(rows, GROWTH_COLUMNS) + "\n\n" + markdown_table(fits, EXPONENT_COLUMNS))
+    result = {"device": cpu_name(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+              "args": vars(args), "rows": rows, "exponents": fits}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
+    return result
 
 
 if __name__ == "__main__":

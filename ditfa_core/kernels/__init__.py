@@ -8,7 +8,12 @@ it; full heads go to dense SDPA. Backends, best first:
 - ``torch_flash``: torch's own FA2 window through ``varlen_attn`` (same limits, no extra install);
 - ``flex``: compiled FlexAttention with an analytic BlockMask (any pattern; automatic on CUDA only,
   since compiling on CPU takes seconds per shape and is slower than ``blocked`` there);
+- ``banded``: one batched CPU SDPA call over every band tile's key box (CPU bands);
 - ``blocked``: loops of fused SDPA over query tiles and their key boxes (any pattern, any device).
+
+With ``backend="auto"`` the kernel (and its tile size) is measured once per device, dtype, pattern and
+head dim and cached (``tuning``); ``DITFA_WINDOW_BACKEND`` overrides it, ``select_backend`` gives the
+static first choice used for shapes too small to measure.
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..windows import AttentionPattern
-from . import blocked, flash, flex
+from . import banded, blocked, flash, flex, tuning
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["available_backends", "dense_attention", "select_backend", "windowed_attention"]
+__all__ = ["auto_choice", "available_backends", "candidates", "dense_attention", "select_backend",
+           "windowed_attention"]
 
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionPattern, float | None], torch.Tensor]
 """(q, k, v, pattern, scale): ``scale`` multiplies q.k before the softmax; None = 1/sqrt(head_dim)."""
@@ -46,6 +52,7 @@ _BACKENDS: dict[str, _Backend] = {
     "torch_flash": _Backend(flash.torch_flash_available, flash.torch_flash_supports,
                             flash.torch_flash_attention),
     "flex": _Backend(flex.available, flex.supports, flex.attention, automatic_on_cpu=False),
+    "banded": _Backend(banded.available, banded.supports, banded.attention),
     "blocked": _Backend(blocked.available, blocked.supports, blocked.attention),
 }
 
@@ -135,7 +142,57 @@ def _run_group(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Atten
     if pattern is None:
         return dense_attention(q, k, v, scale)
     if backend == "auto":
-        backend = _select(pattern, q.device, q.dtype)
+        choice = _auto_choice(q, k, v, pattern)
     elif not _BACKENDS[backend].supports(pattern, q.device, q.dtype):
         raise ValueError(f"attention backend {backend!r} cannot run {pattern} on {q.device} with {q.dtype}")
-    return _BACKENDS[backend].run(q, k, v, pattern, scale)
+    else:
+        choice = tuning.Choice(backend)
+    return _run(choice, q, k, v, pattern, scale)
+
+
+def _run(choice: tuning.Choice, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+         pattern: AttentionPattern, scale: float | None = None) -> torch.Tensor:
+    run = _BACKENDS[choice.backend].run
+    with choice.threads_set():
+        if choice.tile is None:
+            return run(q, k, v, pattern, scale)
+        return run(q, k, v, pattern, scale, choice.tile)
+
+
+def candidates(pattern: AttentionPattern, device: torch.device, dtype: torch.dtype) -> list[tuning.Choice]:
+    """Every automatic backend that can run the pattern here, with each tile size worth trying and,
+    on a CPU with several threads, each also on one thread."""
+    cpu = device.type == "cpu"
+    threads = (None, 1) if cpu and torch.get_num_threads() > 1 else (None,)
+    out = []
+    for name in available_backends(device, dtype):
+        b = _BACKENDS[name]
+        if (not cpu or b.automatic_on_cpu) and b.supports(pattern, device, dtype):
+            tiles = tuning.CPU_TILES.get(name, (None,)) if cpu else (None,)
+            out += [tuning.Choice(name, tile, t) for t in threads for tile in tiles]
+    return out
+
+
+def auto_choice(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: AttentionPattern) -> str:
+    """What ``backend="auto"`` runs for these tensors, as ``name`` or ``name:tile`` (measures it the
+    first time, like a call would)."""
+    return "dense" if pattern.is_full else str(_auto_choice(q, k, v, pattern))
+
+
+def _auto_choice(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 pattern: AttentionPattern) -> tuning.Choice:
+    """The forced choice, else the measured one, else the static first choice (small shapes)."""
+    forced = tuning.forced()
+    if forced is not None:
+        if forced.backend not in _BACKENDS:
+            raise ValueError(f"DITFA_WINDOW_BACKEND={forced}: unknown backend; unset it or choose one of "
+                             f"{list(_BACKENDS)}")
+        if _BACKENDS[forced.backend].available(q.device, q.dtype) and \
+                _BACKENDS[forced.backend].supports(pattern, q.device, q.dtype):
+            return forced
+        logger.debug("DITFA_WINDOW_BACKEND=%s cannot run %s here; choosing automatically", forced, pattern)
+    options = candidates(pattern, q.device, q.dtype)
+    if len(options) > 1 and pattern.layout.n_tokens >= tuning.MIN_TOKENS and tuning.tuning_enabled():
+        return tuning.choose(tuning.shape_key(pattern, q), options,
+                             lambda choice: _run(choice, q, k, v, pattern), q.device)
+    return tuning.Choice(_select(pattern, q.device, q.dtype))

@@ -23,11 +23,14 @@ from ditfa_core.reference.quality import EvalSet, PairedEvaluator
 PLAN = Path(__file__).resolve().parents[1] / "plans" / "reference_dit_D3.json"
 EVALSET = EvalSet(100, steps=20, cfg=4.0, seed=0)
 
+# Measured on the 2-core CI CPU (torch 2.13.0+cpu): raw 100/100 correct, 0 judged not a digit, FID 7.48;
+# the D3 plan 48.7% of the attention FLOPs, 100/100 correct, FID 6.89 (paired difference -0.60,
+# 95% CI [-1.76, +0.39]), rel-L1 0.021.
 MAX_FLOPS = 0.60            # the design target: the same picture at <= 60% of the attention FLOPs
-MIN_RAW_ACCURACY = 0.95     # measured: see RAW_ACCURACY_MEASURED
-MAX_ACCURACY_DROP = 0.03    # measured drop + 2 images
-MAX_FID_RISE = 3.0          # measured paired FID difference + margin
-MAX_REL_L1 = 0.10           # measured rel-L1 x 1.5
+MIN_RAW_ACCURACY = 0.97     # measured 1.00, less 3 images
+MAX_ACCURACY_DROP = 0.02    # measured 0.00, plus 2 images
+MAX_FID_RISE = 0.10         # of the raw FID: the design target "FID within 10%" (measured -8%)
+MAX_REL_L1 = 0.035          # measured 0.021, x 1.6
 
 pytestmark = pytest.mark.skipif(not weights_available(), reason="reference weights not committed")
 
@@ -52,7 +55,7 @@ def test_shipped_plan_keeps_quality(evaluator) -> None:
     c = row.comparison
     assert row.flops <= MAX_FLOPS, row.flops
     assert -c.accuracy_delta.value <= MAX_ACCURACY_DROP, c.accuracy_delta
-    assert c.fid_delta.value <= MAX_FID_RISE, c.fid_delta
+    assert c.fid_delta.value <= MAX_FID_RISE * evaluator.row("raw").comparison.fid, c.fid_delta
     assert c.rel_l1 <= MAX_REL_L1, c.rel_l1
 
 

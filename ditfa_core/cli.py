@@ -14,6 +14,7 @@ time; Ctrl-C stops at once with exit status 130 and never leaves a half-written 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import importlib.util
 import json
@@ -235,7 +236,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     window, grid = WindowSpec(), None
     if plan is not None:
         try:
-            plan.check_fits(model_info(model), strict=True)
+            plan.check_fits(True, **dataclasses.asdict(model_info(model)))
         except PlanError as e:
             args.parser.error(f"argument --plan: {e}")
         grid = plan.resampled(args.steps)

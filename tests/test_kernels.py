@@ -87,7 +87,7 @@ def test_fp32_matches_fp64_reference(backend: str, case: str) -> None:
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize(("backend", "case"), _params(available_backends(CPU, torch.float32), ["video+text"]))
+@pytest.mark.parametrize(("backend", "case"), _params(available_backends(CPU, torch.float32), ["video+text", "band+text"]))
 def test_host_scale_is_honoured(backend: str, case: str) -> None:
     """ComfyUI 0.33+ may pass its own softmax ``scale``: every backend applies it, the dense kernel too."""
     q, k, v = qkv(case)
@@ -160,7 +160,7 @@ def test_banded_is_exact_for_any_tile_size(case: str, tile: int) -> None:
     q, k, v = qkv(case)
     pattern = pattern_of(case)
     ref = reference_attention(q, k, v, pattern)
-    torch.testing.assert_close(banded.attention(q, k, v, pattern, tile).double(), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(banded.attention(q, k, v, pattern, tile=tile).double(), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_auto_measures_once_caches_and_obeys_the_override(tmp_path, monkeypatch, caplog, request) -> None:
@@ -188,7 +188,7 @@ def test_auto_measures_once_caches_and_obeys_the_override(tmp_path, monkeypatch,
 
     monkeypatch.setenv("DITFA_WINDOW_BACKEND", "blocked:64")
     calls = []
-    spy = dataclasses.replace(kernels._BACKENDS["blocked"], run=lambda *a: calls.append(a[4]) or q)
+    spy = dataclasses.replace(kernels._BACKENDS["blocked"], run=lambda *a: calls.append(a[5]) or q)
     monkeypatch.setitem(kernels._BACKENDS, "blocked", spy)
     windowed_attention(q, k, v, pattern)
     assert calls == [64]

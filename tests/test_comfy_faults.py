@@ -21,21 +21,6 @@ from comfy_host import pack_module as mod
 from comfy_models import TinyModel, make_model, sample
 
 
-@pytest.fixture
-def engines(pack: ModuleType, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Every FastAttention the Apply node builds during the test (one per sampling run)."""
-    apply = mod(pack, "nodes.apply")
-    made: list[Any] = []
-
-    class Recording(apply.FastAttention):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(apply, "FastAttention", Recording)
-    return made
-
-
 def apply_rows(pack: ModuleType, patcher: Any, rows: list[str], heads: int = 2, **kwargs: Any) -> Any:
     """``patcher`` with a plan whose step s uses ``rows[s]`` at every layer."""
     plan = mod(pack, "ditfa_core.plan")

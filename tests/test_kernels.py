@@ -87,7 +87,8 @@ def test_fp32_matches_fp64_reference(backend: str, case: str) -> None:
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize(("backend", "case"), _params(available_backends(CPU, torch.float32), ["video+text", "band+text"]))
+@pytest.mark.parametrize(("backend", "case"),
+                         _params(available_backends(CPU, torch.float32), ["video+text", "band+text"]))
 def test_host_scale_is_honoured(backend: str, case: str) -> None:
     """ComfyUI 0.33+ may pass its own softmax ``scale``: every backend applies it, the dense kernel too."""
     q, k, v = qkv(case)
@@ -160,7 +161,8 @@ def test_banded_is_exact_for_any_tile_size(case: str, tile: int) -> None:
     q, k, v = qkv(case)
     pattern = pattern_of(case)
     ref = reference_attention(q, k, v, pattern)
-    torch.testing.assert_close(banded.attention(q, k, v, pattern, tile=tile).double(), ref, atol=1e-5, rtol=1e-5)
+    out = banded.attention(q, k, v, pattern, tile=tile)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_auto_measures_once_caches_and_obeys_the_override(tmp_path, monkeypatch, caplog, request) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -36,8 +36,6 @@ ALONE: dict[str, tuple[Strategy, ...]] = {
 
 
 Progress = Callable[[str], Callable[[int, int], None]]
-BAND_EIGHTH = WindowSpec("band", 1 / 8)
-"""The paper's window: a 1-D band of 1/8 of the tokens."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +46,7 @@ class Calib:
     steps: int = 20
     cfg: float = 4.0
     seed: int = 1
-    window: WindowSpec = BAND_EIGHTH
+    window: WindowSpec = field(default_factory=WindowSpec)   # the paper's band of 1/8 of the tokens
 
     @property
     def labels(self) -> torch.Tensor:

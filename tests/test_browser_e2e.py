@@ -27,9 +27,11 @@ missing, otherwise. Loopback only; every wait is bounded and the server is alway
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -75,6 +77,17 @@ def _missing() -> str | None:
             return f"python package {module} missing (pip install {pip})"
     if _chromium() is None:
         return "no system Chromium (apt-get install chromium)"
+    return _frontend_mismatch(root)
+
+
+def _frontend_mismatch(root: Path) -> str | None:
+    """The front end a ComfyUI serves is the pip package it pins: another version of the package would
+    test a front end that this host never ships (and an older host cannot boot a newer one)."""
+    pins = re.findall(r"^comfyui-frontend-package==(\S+)", (root / "requirements.txt").read_text(), re.M)
+    installed = importlib.metadata.version("comfyui-frontend-package")
+    if pins and pins[0] != installed:
+        return (f"this ComfyUI pins comfyui-frontend-package=={pins[0]} but {installed} is installed "
+                f"(pip install comfyui-frontend-package=={pins[0]})")
     return None
 
 

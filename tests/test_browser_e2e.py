@@ -55,7 +55,13 @@ PACK_DIR_NAME = "ComfyUI-DiTFastAttn"
 EMBEDDED_EXAMPLE = "ditfastattn_embedded_plan"
 DOCS = REPO_ROOT / "docs"
 SERVER_START_S = 180
+# The front end sets window.app only once app.setup() is done (extensions loaded, node defs registered,
+# graph restored); on a busy 2-core machine, front end 1.49 (83 MB of assets, software canvas) takes
+# 75-120 s to get there, so 120 s was not enough.
+APP_READY_S = 360
 RUN_S = 240
+APP_STATE = """() => ({comfyAPI: !!window.comfyAPI?.app?.app, LiteGraph: !!window.LiteGraph,
+                      DiTFastAttn: !!window.DiTFastAttn, app: !!window.app, graph: !!window.app?.graph})"""
 
 
 def _chromium() -> str | None:
@@ -258,12 +264,23 @@ def page(server: Server) -> Any:
                 "ditfa" in m.text.lower() or PACK_DIR_NAME in (m.location or {}).get("url", "")) else None)
             pg.set_default_timeout(60_000)
             pg.goto(server.url, wait_until="domcontentloaded")
-            pg.wait_for_function("() => window.app && window.app.graph && window.DiTFastAttn",
-                                 timeout=120_000)
+            _wait_app_ready(pg, server)
             pg.ditfa_errors = errors
             yield pg
         finally:
             browser.close()
+
+
+def _wait_app_ready(pg: Any, server: Server) -> None:
+    """Wait until the front end is set up and this pack's extension is loaded; on a timeout, fail
+    saying which stage was not reached (window.comfyAPI, LiteGraph, the pack's script, window.app)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        pg.wait_for_function("() => window.app && window.app.graph && window.DiTFastAttn",
+                             timeout=APP_READY_S * 1000, polling=1000)
+    except PlaywrightTimeout:
+        pytest.fail(f"front end not ready within {APP_READY_S} s: {pg.evaluate(APP_STATE)}\n{server.tail()}")
 
 
 def _settle(page: Any) -> None:

@@ -97,7 +97,9 @@ def _frontend_mismatch(root: Path) -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_missing() is not None, reason=f"browser e2e test skipped: {_missing()}")
+# Slow: a real server and browser take about 12 minutes on a busy 2-core machine (run with -m slow).
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(_missing() is not None, reason=f"browser e2e test skipped: {_missing()}")]
 
 TINY_PACK = '''
 """Test-only nodes for tests/test_browser_e2e.py: a tiny random-weight Flux and a latent check."""

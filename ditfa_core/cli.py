@@ -35,7 +35,7 @@ from . import __version__
 from .heatmap import caption, render_png
 from .plan import MAX_DIM, Calibration, Cost, ModelInfo, Plan, PlanError, WindowSetting
 from .reference import WEIGHTS_DIR, DiT, load_reference, real_floor, weights_available
-from .reference.fastattn import SearchOutcome, calibrate, token_layout
+from .reference.fastattn import SearchOutcome, calibrate, pair_fraction, token_layout
 from .reference.images import write_samples
 from .reference.quality import BATCH, EvalSet, PairedEvaluator, Row, markdown, sample_set
 from .reference.table1 import ALONE, D_LEVELS, Calib, as_json
@@ -190,8 +190,6 @@ def model_info(model: DiT) -> ModelInfo:
 
 
 def make_plan(model: DiT, outcome: SearchOutcome, args: argparse.Namespace, window: WindowSpec) -> Plan:
-    layout = token_layout(model)
-    pair_fraction = window.resolve(layout).pair_count() / layout.n_tokens**2
     calibration = Calibration(
         steps=args.steps, sampler="euler", scheduler="linear", cfg=args.cfg, delta=args.delta,
         window=WindowSetting(window.kind, window.fraction, window.radius), search=args.mode,
@@ -199,7 +197,8 @@ def make_plan(model: DiT, outcome: SearchOutcome, args: argparse.Namespace, wind
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         tool_version=__version__, resolution=(model.config.image_size,) * 2,
     )
-    return Plan(model_info(model), outcome.grid, Cost.estimate(outcome.grid, pair_fraction), calibration)
+    cost = Cost.estimate(outcome.grid, pair_fraction(model, window))
+    return Plan(model_info(model), outcome.grid, cost, calibration)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

@@ -134,9 +134,12 @@ class DigitClassifier(nn.Module):
 
     def per_class_accuracy(self, images: Tensor, labels: Tensor) -> list[float]:
         """Accuracy for each requested digit 0-9 (NaN for a digit with no image)."""
-        correct, labels = self.correct(images, labels), torch.as_tensor(labels).cpu()
-        return [float(correct[labels == d].float().mean()) if (labels == d).any() else math.nan
-                for d in range(NUM_DIGITS)]
+        return accuracy_by_class(self.correct(images, labels).numpy(), torch.as_tensor(labels).cpu().numpy())
+
+    def judge(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(predicted class (B,) int64, features (B, 64)) from one pass of the network."""
+        features = self.features(images)
+        return self.net.head(features).argmax(dim=1), features
 
     def not_a_digit_rate(self, images: Tensor) -> float:
         """Fraction of images judged :data:`NOT_A_DIGIT`."""
@@ -156,6 +159,12 @@ class DigitClassifier(nn.Module):
         if len(images) < 2:
             raise ValueError("fid needs at least two images to estimate a covariance")
         return frechet_distance(self.feature_stats(images), self.real_stats)
+
+
+def accuracy_by_class(correct: np.ndarray, labels: np.ndarray) -> list[float]:
+    """Mean of ``correct`` (B,) bool for each digit 0-9 of ``labels`` (B,) (NaN for a digit absent)."""
+    return [float(correct[labels == d].mean()) if (labels == d).any() else math.nan
+            for d in range(NUM_DIGITS)]
 
 
 def non_digits(n: int, generator: torch.Generator, size: int = 32) -> Tensor:

@@ -33,6 +33,13 @@ def token_layout(model: DiT, size: tuple[int, int] | None = None) -> TokenLayout
     return TokenLayout(grid[0] * grid[1] * grid[2], grid=grid)
 
 
+def pair_fraction(model: DiT, window: WindowSpec) -> float:
+    """Share of the query-key pairs that ``window`` admits on the model's token grid (a plan's
+    ``window_pair_fraction``, which prices WA-RS in the FLOPs accounting)."""
+    layout = token_layout(model)
+    return window.resolve(layout).pair_count() / layout.n_tokens**2
+
+
 def hooks(attend: Attend, layout: TokenLayout, guided: bool) -> AttentionForStep:
     """Per-step attention hooks that describe each call to ``attend`` (an engine or a search)."""
     chunks: tuple[Chunk, ...] = COND_UNCOND if guided else COND_UNCOND[:1]

@@ -13,7 +13,6 @@ and the mean relative L1 distance of each image to its uncompressed twin (paper 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -25,7 +24,14 @@ from ..heatmap import COST_UNIT
 from ..metrics import rel_l1
 from ..schedule import Grid
 from ..windows import WindowSpec
-from .classifier import NOT_A_DIGIT, NUM_DIGITS, DigitClassifier, FeatureStats, frechet_distance
+from .classifier import (
+    NOT_A_DIGIT,
+    NUM_DIGITS,
+    DigitClassifier,
+    FeatureStats,
+    accuracy_by_class,
+    frechet_distance,
+)
 from .fastattn import generate
 from .model import DiT
 from .sampling import initial_noise
@@ -98,18 +104,17 @@ class Scores:
 
     @classmethod
     def of(cls, classifier: DigitClassifier, images: Tensor, labels: Tensor) -> Scores:
-        predicted = classifier.predict(images).cpu().numpy()
-        labels_np = torch.as_tensor(labels).cpu().numpy()
-        return cls(predicted == labels_np, predicted == NOT_A_DIGIT,
-                   classifier.features(images).double().cpu().numpy(), labels_np)
+        predicted, features = classifier.judge(images)
+        predicted, labels_np = predicted.cpu().numpy(), torch.as_tensor(labels).cpu().numpy()
+        return cls(predicted == labels_np, predicted == NOT_A_DIGIT, features.double().cpu().numpy(),
+                   labels_np)
 
     def fid(self, real: FeatureStats, index: np.ndarray | None = None) -> float:
         f = self.features if index is None else self.features[index]
         return frechet_distance(FeatureStats(f.mean(axis=0), np.cov(f, rowvar=False), len(f)), real)
 
     def per_class(self) -> list[float]:
-        return [float(self.correct[self.labels == d].mean()) if (self.labels == d).any() else math.nan
-                for d in range(NUM_DIGITS)]
+        return accuracy_by_class(self.correct, self.labels)
 
 
 @dataclass(frozen=True)

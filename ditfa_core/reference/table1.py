@@ -19,7 +19,7 @@ import torch
 from ..flops import plan_flops_fraction
 from ..strategies import Strategy
 from ..windows import WindowSpec
-from .fastattn import SearchOutcome, calibrate, generate, token_layout
+from .fastattn import SearchOutcome, calibrate, generate, pair_fraction
 from .model import DiT
 from .quality import PairedEvaluator, Row
 
@@ -64,9 +64,7 @@ def search(model: DiT, calib: Calib, mode: str, delta: float, candidates: Sequen
 
 
 def plan_flops(model: DiT, calib: Calib, outcome: SearchOutcome) -> float:
-    layout = token_layout(model)
-    pair_fraction = calib.window.resolve(layout).pair_count() / layout.n_tokens**2
-    return plan_flops_fraction(outcome.grid, pair_fraction)
+    return plan_flops_fraction(outcome.grid, pair_fraction(model, calib.window))
 
 
 def matched(model: DiT, calib: Calib, candidates: Sequence[Strategy], target: float,

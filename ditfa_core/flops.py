@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from .schedule import residual_needed
+from .schedule import lanes, residual_needed
 from .strategies import Strategy
 
 
@@ -57,28 +57,11 @@ def strategy_cost(
     cond_fraction: float = 0.5,
     refresh_residual: bool = False,
 ) -> float:
-    """Cost of one (step, layer) relative to a dense call of the same shape.
-
-    FULL is 1, plus ``pair_fraction`` when it also computes the window pass that yields the WA-RS
-    residual (``refresh_residual``; the window pass covers every row). AST reuses an output: 0.
-    WA_RS runs the window only. ASC computes the conditional rows only (``cond_fraction`` of the
-    batch, 1/2 for one cond + one uncond chunk); WA_RS_ASC runs the window on those rows.
-    """
-    if not 0.0 <= pair_fraction <= 1.0:
-        raise ValueError(f"pair_fraction must lie in [0, 1], got {pair_fraction}")
-    if not 0.0 < cond_fraction <= 1.0:
-        raise ValueError(f"cond_fraction must lie in (0, 1], got {cond_fraction}")
-    if strategy is Strategy.FULL:
-        return 1.0 + (pair_fraction if refresh_residual else 0.0)
-    if strategy is Strategy.AST:
-        return 0.0
-    if strategy is Strategy.WA_RS:
-        return pair_fraction
-    if strategy is Strategy.ASC:
-        return cond_fraction
-    if strategy is Strategy.WA_RS_ASC:
-        return cond_fraction * pair_fraction
-    raise ValueError(f"not a strategy: {strategy!r}")
+    """Cost of one (step, layer) relative to a dense call of the same shape: the strategy's own rule
+    (``StrategySpec.cost``: FULL 1, plus ``pair_fraction`` when it also runs the window pass whose
+    residual a later WA-RS step reads; AST 0; a window strategy ``pair_fraction``; CFG sharing
+    multiplies by ``cond_fraction``)."""
+    return strategy.cost(pair_fraction, cond_fraction, refresh_residual)
 
 
 def call_flops(
@@ -101,13 +84,13 @@ def residual_refreshes(column: Sequence[Strategy]) -> list[bool]:
     """For each step of one layer's column: does this step compute the WA-RS residual?
 
     The rule, which the engine follows (``schedule.Schedule.needs_residual``): at a FULL step s the
-    residual ``full - window`` is computed iff some later step s' uses WA_RS or WA_RS_ASC and no
+    residual ``full - window`` is computed iff some later step s' adds the residual (WA-RS) and no
     FULL step lies strictly between s and s'. A FULL step followed by another FULL step (or by
     nothing windowed) skips the window pass; the WA-RS steps always read the most recent FULL
     step's residual. Non-FULL steps never compute it.
     """
     needed = residual_needed(column)
-    return [s is Strategy.FULL and n for s, n in zip(column, needed, strict=True)]
+    return [s.is_full and n for s, n in zip(column, needed, strict=True)]
 
 
 def plan_flops_fraction(
@@ -130,16 +113,13 @@ def plan_flops_fraction(
         raise ValueError("every step of a grid must list the same number of layers")
     total = 0.0
     for layer in range(num_layers):
-        cells = [row[layer] for row in grid]
-        heads = max((len(c) for c in cells if not isinstance(c, Strategy)), default=1)
-        if any(not isinstance(c, Strategy) and len(c) != heads for c in cells):
-            raise ValueError(f"layer {layer}: head-wise cells of different lengths")
-        for head in range(heads):
-            column = [c if isinstance(c, Strategy) else c[head] for c in cells]
-            refresh = residual_refreshes(column)
-            costs = (
-                strategy_cost(s, pattern_pair_fraction, cond_fraction, r)
-                for s, r in zip(column, refresh, strict=True)
-            )
-            total += sum(costs) / heads
+        try:
+            per_head = lanes([row[layer] for row in grid])
+        except ValueError as e:
+            raise ValueError(f"layer {layer}: {e}") from None
+        for lane in per_head:
+            refresh = residual_refreshes(lane)
+            pairs = zip(lane, refresh, strict=True)
+            costs = (s.cost(pattern_pair_fraction, cond_fraction, r) for s, r in pairs)
+            total += sum(costs) / len(per_head)
     return total / (len(grid) * num_layers)

@@ -28,9 +28,13 @@ def signature(x: torch.Tensor, layout: TokenLayout) -> Signature:
 
 @dataclass
 class Entry:
+    """A cached (B, H, N, D) tensor; ``heads`` marks which heads hold a value (None: all of them),
+    since a head-wise step refreshes the residual of its FULL heads only."""
+
     tensor: torch.Tensor
     signature: Signature
     step: int
+    heads: tuple[bool, ...] | None = None
 
 
 @dataclass
@@ -67,9 +71,8 @@ class RunState:
         t = entry.tensor
         return t if t.device == like.device else t.to(like.device, non_blocking=True)
 
-    def _get(
-        self, table: dict, layer: int, key: Hashable, like: torch.Tensor, layout: TokenLayout, step: int
-    ) -> torch.Tensor | None:
+    def _entry(self, table: dict, layer: int, key: Hashable, like: torch.Tensor, layout: TokenLayout,
+               step: int) -> Entry | None:
         entry = table.get((layer, key))
         if entry is None:
             return None
@@ -78,17 +81,49 @@ class RunState:
             # the entry can never be valid again for this key, so free it now.
             del table[(layer, key)]
             return None
-        return self._fetch(entry, like)
+        return entry
+
+    def _get(
+        self, table: dict, layer: int, key: Hashable, like: torch.Tensor, layout: TokenLayout, step: int
+    ) -> torch.Tensor | None:
+        entry = self._entry(table, layer, key, like, layout, step)
+        return None if entry is None else self._fetch(entry, like)
 
     def put_residual(
-        self, layer: int, key: Hashable, r: torch.Tensor, layout: TokenLayout, step: int
+        self, layer: int, key: Hashable, r: torch.Tensor, layout: TokenLayout, step: int,
+        heads: list[int] | None = None, like: torch.Tensor | None = None,
     ) -> None:
-        self._residuals[(layer, key)] = Entry(self._stash(r), signature(r, layout), step)
+        """Keep the residual ``r`` of a FULL step: of every head, or of ``heads`` only, when ``r`` is
+        (B, len(heads), N, D) and ``like`` is the call's (B, H, N, D) query (the other heads keep theirs)."""
+        if heads is None:
+            self._residuals[(layer, key)] = Entry(self._stash(r), signature(r, layout), step)
+            return
+        if like is None:
+            raise ValueError("a per-head residual needs ``like``, the full-shape tensor it belongs to")
+        old = self._entry(self._residuals, layer, key, like, layout, step)
+        if old is not None:
+            t, valid = old.tensor.clone(), list(old.heads or (True,) * like.shape[1])
+        else:
+            t, valid = self._stash(torch.zeros_like(like)), [False] * like.shape[1]
+        t[:, heads] = r.to(t.device)
+        for h in heads:
+            valid[h] = True
+        known = None if all(valid) else tuple(valid)
+        self._residuals[(layer, key)] = Entry(t, signature(like, layout), step, known)
 
     def residual(
-        self, layer: int, key: Hashable, like: torch.Tensor, layout: TokenLayout, step: int
+        self, layer: int, key: Hashable, like: torch.Tensor, layout: TokenLayout, step: int,
+        heads: list[int] | None = None,
     ) -> torch.Tensor | None:
-        return self._get(self._residuals, layer, key, like, layout, step)
+        """The residual for ``like``'s computation (every head, or ``heads`` only), or None when any
+        of those heads has none."""
+        entry = self._entry(self._residuals, layer, key, like, layout, step)
+        if entry is None:
+            return None
+        if entry.heads is not None and not all(entry.heads[h] for h in (heads or range(len(entry.heads)))):
+            return None
+        t = self._fetch(entry, like)
+        return t if heads is None else t[:, heads]
 
     def put_output(self, layer: int, key: Hashable, o: torch.Tensor, layout: TokenLayout, step: int) -> None:
         self._outputs[(layer, key)] = Entry(self._stash(o), signature(o, layout), step)

@@ -208,7 +208,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     labels = torch.arange(args.calib_samples) % 10
     progress = Progress(1, phases, "calibration", args.steps)
     outcome = calibrate(model, labels, mode=args.mode, delta=args.delta, steps=args.steps, cfg=args.cfg,
-                        seed=args.seed + 1, window=window, progress=progress)
+                        seed=args.seed + 1, window=window, progress=progress, granularity=args.granularity)
     plan = make_plan(model, outcome, args, window)
     out = Path(args.out)
     plan.save(out)
@@ -318,6 +318,9 @@ def parser() -> Parser:
     c.add_argument("--mode", choices=["fast", "greedy"], default="fast",
                    help="fast: about 2 model evaluations per sampling step; greedy: paper Algorithm 1, "
                         "about 4 x layers")
+    c.add_argument("--granularity", choices=["layer", "head"], default="layer",
+                   help="layer: one strategy per layer (DiTFastAttn); head: one per head, chosen by a "
+                        "knapsack (DiTFastAttnV2; with --mode fast)")
     c.add_argument("--delta", type=number(0, 1, low_open=True), default=0.1,
                    help="error threshold in (0, 1] (paper D1-D6: 0.025-0.15; default 0.1)")
     c.add_argument("--eval-samples", type=integer(0, 20_000), default=200,
@@ -363,6 +366,8 @@ def check_args(args: argparse.Namespace) -> None:
         check_output(args.parser, "--out", Path(args.out), ".json")
         if args.eval_samples == 1:
             args.parser.error("argument --eval-samples: must be 0 (skip) or at least 2 (FID needs 2 images)")
+        if args.granularity == "head" and args.mode != "fast":
+            args.parser.error("argument --granularity: head-wise plans are searched with --mode fast only")
     elif args.command == "sample":
         check_output(args.parser, "--out", Path(args.out), ".npz")
         if not Path(args.plan or ".").exists():

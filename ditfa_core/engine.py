@@ -86,10 +86,13 @@ class _Group:
 
 
 def _groups(cell: Cell, keep_res: Keep) -> list[_Group]:
-    """A cell as head groups: one group for a per-layer cell, one per distinct strategy otherwise."""
+    """A cell as head groups: one group for a per-layer cell, one per distinct strategy otherwise (and
+    a per-layer cell of a head-wise layer whose heads keep their residual at different steps)."""
     if isinstance(cell, Strategy):
-        keep = keep_res if isinstance(keep_res, bool) else all(keep_res)
-        return [_Group(cell, None, None if keep else [])]
+        if isinstance(keep_res, bool) or len(set(keep_res)) == 1:
+            keep = keep_res if isinstance(keep_res, bool) else keep_res[0]
+            return [_Group(cell, None, None if keep else [])]
+        cell = (cell,) * len(keep_res)
     keeps = keep_res if isinstance(keep_res, tuple) else (keep_res,) * len(cell)
     by: dict[Strategy, list[int]] = {}
     for h, s in enumerate(cell):

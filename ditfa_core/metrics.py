@@ -62,6 +62,21 @@ def relative_error(o: torch.Tensor, o_prime: torch.Tensor, eps: float = 1e-6) ->
 
 
 @torch.no_grad()
+def relative_error_per_head(o: torch.Tensor, o_prime: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Each head's share of ``relative_error(o, o_prime)`` for (B, H, N, D) outputs: a (H,) float64
+    tensor whose sum is the layer's error, since A.2's metric is a mean over elements. The head-wise
+    search budgets these shares, so a head-wise row and a layer-wise row are held to the same δ.
+    (DiTFastAttnV2 scores heads by MSE / Var instead; its per-head values do not add up to the
+    layer's error, and the learnt gain between local and model-output error assumes they do.)"""
+    _check(o, o_prime)
+    if o.dim() != 4:
+        raise ValueError(f"expected (B, H, N, D) tensors, got shape {tuple(o.shape)}")
+    share = o[:, 0].numel() / o.numel()
+    return torch.tensor([relative_error(o[:, h], o_prime[:, h], eps) * share for h in range(o.shape[1])],
+                        dtype=torch.float64)
+
+
+@torch.no_grad()
 def rel_l1(a: torch.Tensor, b: torch.Tensor) -> float:
     """Relative L1 distance sum|a - b| / sum|a| of ``b`` from the reference ``a`` (for reports).
 

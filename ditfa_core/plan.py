@@ -55,7 +55,6 @@ Grid = tuple[tuple[Cell, ...], ...]
 
 _STRATEGY_NAMES = ", ".join(s.value for s in Strategy)
 _BY_NAME: dict[str, Strategy] = {s.value: s for s in Strategy}
-_WINDOWED = frozenset(s for s in Strategy if s.uses_window)
 
 
 class PlanError(ValueError):
@@ -405,13 +404,14 @@ def _history_gaps(grid: Sequence[Sequence[Cell]], heads: int) -> list[Gap]:
         for step, row in enumerate(grid):
             cell = row[layer]
             if isinstance(cell, Strategy):
-                if (step == 0 and cell is Strategy.AST) or (cell in _WINDOWED and not all_full):
-                    found.append((step, layer, None, _gap(cell, step, all_full) or ""))
+                why = cell.gap(step, all_full)
+                if why:
+                    found.append((step, layer, None, why))
                 if cell is Strategy.FULL:
                     has_full, all_full = [True] * heads, True
                 continue
             for head, strategy in enumerate(cell):
-                why = _gap(strategy, step, has_full[head])
+                why = strategy.gap(step, has_full[head])
                 if why:
                     found.append((step, layer, head, why))
                 has_full[head] = has_full[head] or strategy is Strategy.FULL
@@ -436,7 +436,7 @@ def _remap_lane(column: Sequence[Strategy], rows: Sequence[int]) -> list[Strateg
     out, ran = [], None   # the plan row the run's most recent FULL step stands for
     for r in rows:
         strategy = column[r]
-        if strategy.uses_window and ran != source[r]:
+        if strategy.adds_residual and ran != source[r]:
             out.append(Strategy.FULL)
             ran = source[r]
             continue
@@ -444,14 +444,6 @@ def _remap_lane(column: Sequence[Strategy], rows: Sequence[int]) -> list[Strateg
             ran = r
         out.append(strategy)
     return out
-
-
-def _gap(strategy: Strategy, step: int, has_full: bool) -> str | None:
-    if step == 0 and strategy is Strategy.AST:
-        return "AST at step 0 has no earlier output to reuse"
-    if strategy.uses_window and not has_full:
-        return f"{strategy.value} needs an earlier FULL step in its layer (its residual comes from there)"
-    return None
 
 
 def _cell_name(step: int, layer: int, head: int | None = None) -> str:
@@ -467,7 +459,7 @@ class Plan:
 
     The constructor validates everything (a calibrator cannot build a plan the loader would refuse)
     and normalises the grid to tuples of ``Strategy``. A cell is one ``Strategy`` or a tuple of
-    ``num_heads`` strategies (head-wise; the V1 engine reads per-layer cells only).
+    ``num_heads`` strategies (head-wise, DiTFastAttnV2).
     """
 
     model: ModelInfo
@@ -541,7 +533,7 @@ class Plan:
 
     @property
     def is_headwise(self) -> bool:
-        """Whether any cell holds per-head strategies (which the V1 engine does not execute)."""
+        """Whether any cell holds per-head strategies (DiTFastAttnV2's head-wise plans)."""
         return any(not isinstance(cell, Strategy) for row in self.grid for cell in row)
 
     # -- constructors and serialisation -------------------------------------------------------------
@@ -739,7 +731,7 @@ class Plan:
         cell = self.cell_at(step, layer, total_steps)
         if not isinstance(cell, Strategy):
             raise PlanError(f"{_cell_name(self.plan_step(step, total_steps), layer)} is head-wise; "
-                            "this engine reads per-layer cells only")
+                            "read it with cell_at")
         return cell
 
     def summary(self) -> str:

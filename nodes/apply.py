@@ -87,8 +87,6 @@ def apply_plan(model: Any, plan: Plan, window_kind: str = "auto", window_fractio
                cache_device: str = "gpu", mode: str = "strict") -> Any:
     """A clone of ``model`` running ``plan``; the input ModelPatcher is left untouched."""
     family = detect(model)
-    if plan.is_headwise:
-        raise PlanError("this plan has head-wise cells, which this version of DiTFastAttn does not execute")
     dm = model.model.diffusion_model
     _, n_layers = family.layer_bases(dm)
     strict = mode == "strict"

@@ -24,7 +24,7 @@ from ..ditfa_core.context import CallContext, Role
 from ..ditfa_core.engine import DenseFn
 from ..ditfa_core.flops import pattern_pair_fraction
 from ..ditfa_core.plan import Calibration, Cost, ModelInfo, Plan, WindowSetting
-from ..ditfa_core.search import SEARCHES, PlanSearch, make_search
+from ..ditfa_core.search import GRANULARITIES, SEARCHES, PlanSearch, make_search, search_class
 from ..ditfa_core.windows import TokenLayout, WindowSpec
 from .families import Family, Grid, detect
 from .plan_type import CATEGORY, DitfaPlan
@@ -44,6 +44,7 @@ class CalibrateSetup:
     mode: str
     delta: float
     window: WindowSpec
+    granularity: str = "layer"
     prev: Override | None = None
     search: PlanSearch | None = None
     grid: Grid | None = None
@@ -60,7 +61,8 @@ class CalibrateSetup:
               total_steps: int) -> RunParts:
         _, self.n_layers = self.family.layer_bases(diffusion_model)
         self.grid = self.family.grid(diffusion_model, latent_shape)
-        self.search = make_search(self.mode, total_steps, self.n_layers, self.delta, self.window)
+        self.search = make_search(self.mode, total_steps, self.n_layers, self.delta, self.window,
+                                  granularity=self.granularity)
         return RunParts(self._attend, lambda: None)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: CallContext,
@@ -120,20 +122,21 @@ def build_plan(setup: CalibrateSetup, *, sampler: str, scheduler: str, cfg: floa
 
 def calibrate(model: Any, positive: Any, negative: Any, latent: dict[str, Any], *, seed: int, steps: int,
               cfg: float, sampler_name: str, scheduler: str, denoise: float, delta: float, window: WindowSpec,
-              search: str) -> tuple[Plan, dict[str, Any]]:
+              search: str, granularity: str = "layer") -> tuple[Plan, dict[str, Any]]:
     """Sample like KSampler on a clone of ``model`` whose evaluations go through a plan search."""
     import comfy.model_management
     import comfy.patcher_extension
     import comfy.sample
     import comfy.utils
 
+    search_class(search, granularity)   # a bad combination fails here, before any sampling
     family = detect(model)
     latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
     holder: dict[str, CalibrateSetup] = {}
 
     def make_setup(prev: Override | None) -> CalibrateSetup:
-        holder["setup"] = CalibrateSetup(family, search, delta, window, prev)
+        holder["setup"] = CalibrateSetup(family, search, delta, window, granularity, prev)
         return holder["setup"]
 
     clone = model.clone()
@@ -196,6 +199,9 @@ class DiTFastAttnCalibrate(io.ComfyNode):
                 io.Combo.Input("search", options=list(SEARCHES), default="fast",
                                tooltip="fast: about 2 model evaluations per sampling step. greedy: the "
                                        "paper's Algorithm 1, up to about 4 x layers."),
+                io.Combo.Input("granularity", options=list(GRANULARITIES), default="layer",
+                               tooltip="layer: one strategy per attention layer (DiTFastAttn). head: one per "
+                                       "head, chosen by a knapsack (DiTFastAttnV2; fast search only)."),
             ],
             outputs=[DitfaPlan.Output(display_name="plan"), io.Latent.Output(display_name="LATENT")],
         )
@@ -203,10 +209,12 @@ class DiTFastAttnCalibrate(io.ComfyNode):
     @classmethod
     def execute(cls, model: Any, positive: Any, negative: Any, latent_image: dict[str, Any], seed: int,
                 steps: int, cfg: float, sampler_name: str, scheduler: str, denoise: float, delta: float,
-                window: str, window_fraction: float, search: str) -> io.NodeOutput:
+                window: str, window_fraction: float, search: str,
+                granularity: str = "layer") -> io.NodeOutput:
         plan, out = calibrate(model, positive, negative, latent_image, seed=seed, steps=steps, cfg=cfg,
                               sampler_name=sampler_name, scheduler=scheduler, denoise=denoise, delta=delta,
-                              window=WindowSpec(window, window_fraction), search=search)
+                              window=WindowSpec(window, window_fraction), search=search,
+                              granularity=granularity)
         # The plan's JSON goes to the front end too (web/ditfastattn.js draws it and can embed it in a
         # Load Plan node, so that the saved workflow carries the plan).
         return io.NodeOutput(plan, out, ui={"ditfa_plan": [plan.to_json()], "text": [plan.summary()]})

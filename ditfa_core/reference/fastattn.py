@@ -18,7 +18,7 @@ from ..context import COND_UNCOND, CallContext, Chunk
 from ..engine import FastAttention, Stats
 from ..schedule import Grid, Schedule
 from ..search import make_search
-from ..strategies import GREEDY_ORDER, Strategy
+from ..strategies import Strategy
 from ..windows import TokenLayout, WindowSpec
 from .model import AttentionHook, DiT
 from .sampling import AttentionForStep, sample
@@ -112,14 +112,16 @@ def calibrate(
     window: WindowSpec | None = None,
     backend: str = "auto",
     progress: Callable[[int, int], None] | None = None,
-    candidates: Sequence[Strategy] = GREEDY_ORDER,
+    candidates: Sequence[Strategy] | None = None,
+    granularity: str = "layer",
 ) -> SearchOutcome:
     """Search a plan on one calibration batch (paper: a few prompts; here: class labels).
 
     ``candidates`` restricts the strategies the search may choose besides FULL (e.g. one technique
-    alone, for the ablation rows of Table 1)."""
+    alone, for the ablation rows of Table 1; None: the search's own vocabulary). ``granularity``
+    "head" searches one strategy per head (DiTFastAttnV2)."""
     search = make_search(mode, steps, model.num_layers, delta, window, backend=backend,
-                         candidates=candidates)
+                         candidates=candidates, granularity=granularity)
     start = time.perf_counter()
     try:
         images = sample(model, labels, steps=steps, cfg=cfg, seed=seed, progress=progress,

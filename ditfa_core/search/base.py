@@ -32,6 +32,9 @@ class PlanSearch:
     """Base of the searches: decided rows, the engine, and the count of forwards run."""
 
     mode = "base"
+    granularity = "layer"
+    vocabulary: tuple[Strategy, ...] = GREEDY_ORDER
+    """The candidates this search may try, in the order it tries them."""
 
     def __init__(
         self,
@@ -43,18 +46,20 @@ class PlanSearch:
         backend: str = "auto",
         cache_device: torch.device | str | None = None,
         dense: DenseFn = dense_attention,
-        candidates: Sequence[Strategy] = GREEDY_ORDER,
+        candidates: Sequence[Strategy] | None = None,
     ) -> None:
         if num_steps < 1 or num_layers < 1:
             raise ValueError(f"a search needs steps and layers >= 1, got {num_steps} and {num_layers}")
         if not delta >= 0:
             raise ValueError(f"delta must be a number >= 0, got {delta}")
-        unknown = [m for m in candidates if m not in GREEDY_ORDER]
+        candidates = self.vocabulary if candidates is None else tuple(candidates)
+        unknown = [m for m in candidates if m not in self.vocabulary]
         if unknown or not candidates:
-            raise ValueError(f"candidates must be a non-empty subset of {[m.value for m in GREEDY_ORDER]}, "
+            known = [m.value for m in self.vocabulary]
+            raise ValueError(f"candidates must be a non-empty subset of {known}, "
                              f"got {[Strategy.parse(m).value for m in candidates]}")
-        # Tried from the most to the least compressive, as Algorithm 1 does, whatever order was given.
-        self.candidates = tuple(m for m in GREEDY_ORDER if m in candidates)
+        # In the search's own order (Algorithm 1: most to least compressive), whatever order was given.
+        self.candidates = tuple(m for m in self.vocabulary if m in candidates)
         self.num_steps, self.num_layers, self.delta = num_steps, num_layers, float(delta)
         self.full_row: Row = (Strategy.FULL,) * num_layers
         self.rows: list[Row | None] = [None] * num_steps

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -32,7 +32,7 @@ from ..context import CallContext, Role
 from ..engine import DenseFn
 from ..kernels import windowed_attention
 from ..metrics import relative_error
-from ..strategies import Strategy
+from ..strategies import Candidates, Strategy
 from ..windows import TokenLayout
 from .base import Forward, PlanSearch, Row
 
@@ -46,11 +46,10 @@ all-FULL rows, run no trial, and never learn anything at small deltas."""
 
 @dataclass
 class _Partner:
-    """A separate conditional call's outputs, for scoring ASC on its unconditional partner call."""
+    """A separate conditional call's candidates, for scoring CFG sharing on its unconditional call."""
 
     eval_key: Hashable
-    full: torch.Tensor
-    window_rs: torch.Tensor | None
+    candidates: Candidates
     layout: TokenLayout
 
 
@@ -73,7 +72,8 @@ class FastSearch(PlanSearch):
 
     # -- 1. probe ----------------------------------------------------------------------------
 
-    def _add(self, layer: int, m: Strategy, ref: torch.Tensor, cand: torch.Tensor | None) -> None:
+    def _record(self, layer: int, m: Strategy, ref: torch.Tensor, cand: torch.Tensor | None) -> None:
+        """Add one call's local error of candidate ``m`` at ``layer`` (inf when it cannot run)."""
         acc = self._err.setdefault((layer, m), [0.0, 0])
         if cand is None:
             acc[0] = INFEASIBLE
@@ -83,7 +83,8 @@ class FastSearch(PlanSearch):
 
     def _probe(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: CallContext,
                dense: DenseFn) -> torch.Tensor:
-        """Full attention, the local error of every candidate, and the caches of a FULL step."""
+        """Full attention, the local error of every candidate (its record's ``predict``), and the
+        caches of a FULL step."""
         o = dense(q, k, v)
         rows = cfg.chunk_slices(q.shape[0], ctx.chunks)
         layer, step, layout, st = ctx.layer, ctx.step, ctx.layout, self.engine.state
@@ -92,59 +93,65 @@ class FastSearch(PlanSearch):
         chunks = ctx.chunks
         w = windowed_attention(q, k, v, self.engine.pattern(layout), backend=self.engine.backend,
                                scale=ctx.scale)
-
-        last = [st.output(layer, c.slot, q[r], layout, step) for c, r in zip(chunks, rows, strict=True)]
-        self._add(layer, Strategy.AST, o, torch.cat(last) if all(x is not None for x in last) else None)
-        res = [st.residual(layer, c.slot, q[r], layout, step) for c, r in zip(chunks, rows, strict=True)]
-        wr = w + torch.cat(res) if all(x is not None for x in res) else None
-        self._add(layer, Strategy.WA_RS, o, wr)
-
-        if any(c.role is Role.UNCOND for c in chunks):
+        self._observe(q, k, ctx)
+        slots = [(c.slot, q[r]) for c, r in zip(chunks, rows, strict=True)]
+        last = [st.output(layer, slot, x, layout, step) for slot, x in slots]
+        res = [st.residual(layer, slot, x, layout, step) for slot, x in slots]
+        c = Candidates(
+            o, w, torch.cat(res) if all(x is not None for x in res) else None,
+            torch.cat(last) if all(x is not None for x in last) else None,
+        )
+        c = replace(c, share=self._sharer(c, q, k, v, ctx, rows, dense))
+        if any(ch.role is Role.UNCOND for ch in chunks):
             self._saw_uncond = True
-        asc, wasc = self._cfg_candidates(layer, o, wr, q, k, v, ctx, rows, dense)
         if cfg.lends_only(chunks):
             # Separate conditional call: its partner comes later in this evaluation.
-            for c, r in zip(chunks, rows, strict=True):
-                if c.role is Role.COND:
-                    self._partners[(layer, c.tokens)] = _Partner(
-                        ctx.eval_key, o[r], wr[r] if wr is not None else None, layout)
-        self._add(layer, Strategy.ASC, o, asc)
-        self._add(layer, Strategy.WA_RS_ASC, o, wasc)
-
-        for c, r in zip(chunks, rows, strict=True):   # what a FULL step leaves behind
-            st.put_output(layer, c.slot, o[r], layout, step)
-            st.put_residual(layer, c.slot, o[r] - w[r], layout, step)
+            for ch, r in zip(chunks, rows, strict=True):
+                if ch.role is Role.COND:
+                    part = Candidates(o[r], w[r], c.residual[r] if c.residual is not None else None)
+                    self._partners[(layer, ch.tokens)] = _Partner(ctx.eval_key, part, layout)
+        for m in self.candidates:
+            self._record(layer, m, o, m.predict(c))
+        for ch, r in zip(chunks, rows, strict=True):   # what a FULL step leaves behind
+            st.put_output(layer, ch.slot, o[r], layout, step)
+            st.put_residual(layer, ch.slot, o[r] - w[r], layout, step)
         return o
 
-    # -- 2. choose ---------------------------------------------------------------------------
+    def _observe(self, q: torch.Tensor, k: torch.Tensor, ctx: CallContext) -> None:
+        """Hook for searches that need the calls' shapes (the head-wise search)."""
 
-    def _cfg_candidates(
-        self, layer: int, o: torch.Tensor, wr: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor,
-        v: torch.Tensor, ctx: CallContext, rows: list[slice], dense: DenseFn,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """What ASC and WA-RS+ASC would output for this call: each unconditional chunk takes its
-        lender's rows (same batch) or its separate conditional call's (same evaluation and tokens);
-        (None, None) when some unconditional chunk has neither, so the candidate cannot be scored."""
-        asc, wasc = o.clone(), (wr.clone() if wr is not None else None)
-        for i, c in enumerate(ctx.chunks):
-            if c.role is not Role.UNCOND:
-                continue
-            r, src = rows[i], cfg.lender(ctx.chunks, i)
-            if src is not None:
-                asc[r] = o[rows[src]]
-                if wasc is not None and wr is not None:
-                    wasc[r] = wr[rows[src]]
-                continue
-            p = self._partners.get((layer, c.tokens))
-            if (p is None or p.eval_key != ctx.eval_key or not cfg.can_share(p.layout, ctx.layout)
-                    or p.full.shape[0] != asc[r].shape[0]):
-                return None, None
-            asc[r] = cfg.share(p.full, p.layout, q[r], k[r], v[r], ctx.layout, dense)
-            if wasc is not None and p.window_rs is not None:
-                wasc[r] = cfg.share(p.window_rs, p.layout, q[r], k[r], v[r], ctx.layout, dense)
-            else:
-                wasc = None
-        return asc, wasc
+    def _sharer(
+        self, c: Candidates, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: CallContext,
+        rows: list[slice], dense: DenseFn,
+    ):
+        """``Candidates.share`` for this call: each unconditional chunk takes ``f`` of its lender's
+        rows (same batch) or of its separate conditional call's kept candidates (same evaluation and
+        tokens); None when some unconditional chunk has neither, so the candidate cannot be scored."""
+        layer = ctx.layer
+
+        def share(f):
+            x = f(c)
+            if x is None:
+                return None
+            out = x.clone()
+            for i, ch in enumerate(ctx.chunks):
+                if ch.role is not Role.UNCOND:
+                    continue
+                r, src = rows[i], cfg.lender(ctx.chunks, i)
+                if src is not None:
+                    out[r] = x[rows[src]]
+                    continue
+                p = self._partners.get((layer, ch.tokens))
+                lent = f(p.candidates) if p is not None else None
+                if (lent is None or p.eval_key != ctx.eval_key or not cfg.can_share(p.layout, ctx.layout)
+                        or lent.shape[0] != out[r].shape[0]):
+                    return None
+                out[r] = cfg.share(lent, p.layout, q[r], k[r], v[r], ctx.layout, dense)
+            return out
+
+        return share
+
+    # -- 2. choose ---------------------------------------------------------------------------
 
     def _local(self, layer: int, m: Strategy) -> float:
         if m.shares_cfg and not self._saw_uncond:

@@ -44,15 +44,16 @@ class Candidates:
     window    the window output W over the same rows (None when no window pass ran)
     residual  the residual O_f - W_f of the layer's most recent FULL step
     last      the layer's output at its last computed step
-    share     builds the CFG-shared version of a tensor: each unconditional chunk's rows replaced by
-              its conditional lender's (None when some unconditional chunk has no lender)
+    share     ``share(f)`` is ``f(self)`` with each unconditional chunk's rows replaced by ``f`` of its
+              conditional lender (rows of this batch, or the candidates a separate conditional call
+              of the same evaluation kept); None when ``f`` gives None or some chunk has no lender
     """
 
     full: torch.Tensor
     window: torch.Tensor | None
     residual: torch.Tensor | None
-    last: torch.Tensor | None
-    share: Callable[[torch.Tensor], torch.Tensor | None]
+    last: torch.Tensor | None = None
+    share: Callable[[Callable[[Candidates], torch.Tensor | None]], torch.Tensor | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -154,10 +155,14 @@ class StrategySpec:
         """The output this strategy would give at a probed call (None when its cache is missing)."""
         if self.reuses_output:
             return c.last
-        if self.uses_window:
-            if c.window is None or (self.adds_residual and c.residual is None):
-                return None
-            x = c.window + c.residual if self.adds_residual else c.window
-        else:
-            x = c.full
-        return c.share(x) if self.shares_cfg else x
+        if self.shares_cfg:
+            return c.share(self.computed) if c.share is not None else None
+        return self.computed(c)
+
+    def computed(self, c: Candidates) -> torch.Tensor | None:
+        """What the computing rows output: dense, window, or window + residual."""
+        if not self.uses_window:
+            return c.full
+        if c.window is None or (self.adds_residual and c.residual is None):
+            return None
+        return c.window + c.residual if self.adds_residual else c.window

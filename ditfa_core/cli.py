@@ -34,6 +34,7 @@ import torch
 from . import __version__
 from .heatmap import caption, render_png
 from .plan import MAX_DIM, Calibration, Cost, ModelInfo, Plan, PlanError, WindowSetting
+from .plan.io import write_atomic
 from .reference import WEIGHTS_DIR, DiT, load_reference, real_floor, weights_available
 from .reference.fastattn import SearchOutcome, calibrate, pair_fraction, token_layout
 from .reference.images import write_samples
@@ -174,13 +175,6 @@ def machine() -> str:
     return f"{platform.machine()} ({os.cpu_count()} logical CPUs)"
 
 
-def write_json(path: Path, payload: dict) -> None:
-    """Write atomically (a temporary name, then a rename): an interrupted sweep leaves the last rows."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
-
-
 # -- commands ------------------------------------------------------------------------------------------
 
 
@@ -274,7 +268,7 @@ def cmd_table(args: argparse.Namespace) -> int:
                        "machine": machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                        "seconds": time.perf_counter() - started, "floor": real_floor(),
                        "rows": as_json(rows)}
-            write_json(Path(args.json), payload)
+            write_atomic(args.json, json.dumps(payload, indent=1))   # an interrupted sweep keeps its rows
 
     table1(model, ev, calib, fast_levels=fast, greedy_levels=greedy, alone_target=alone,
            progress=progress, report=report)

@@ -8,9 +8,9 @@ same in the README, on the command line's PNG and inside a node.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from .plan import Plan
+from .plan.io import write_atomic
 from .strategies import Strategy
 
 COLOURS: dict[Strategy, tuple[int, int, int]] = {
@@ -71,7 +71,7 @@ def shares(plan: Plan) -> dict[Strategy, float]:
 
 def render_png(plan: Plan, path: str | os.PathLike[str], cell: int | None = None) -> None:
     """Write the plan's heatmap: x = step (left: noisiest), y = layer (top: first layer), axis titles,
-    and a legend with each strategy's share of the cells. Written to a temporary name and renamed, so an
+    and a legend with each strategy's share of the cells. Written atomically (``write_atomic``), so an
     interrupted run never leaves half a PNG. Needs Pillow (ComfyUI ships it; the bare engine does not)."""
     try:
         from PIL import Image, ImageDraw
@@ -103,13 +103,7 @@ def render_png(plan: Plan, path: str | os.PathLike[str], cell: int | None = None
         draw.rectangle([8, y, 20, y + 12], fill=colour, outline="black")
         draw.text((26, y), f"{LABELS[strategy]} {100 * share[strategy]:.0f}%", fill="black")
         y += 18
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda f: img.save(f, format="PNG"))
 
 
 def _draw_cells(draw, plan: Plan, left: int, top: int, cell: int) -> None:

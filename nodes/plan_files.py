@@ -16,6 +16,7 @@ import stat
 from pathlib import Path
 
 from ..ditfa_core.plan import Plan, PlanError
+from ..ditfa_core.plan.io import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,8 @@ def _short(name: str) -> str:
 
 def save_plan(plan: Plan, prefix: str) -> str:
     """Write ``plan`` as ``<prefix>_<n>.json`` in the save folder with the first free n; returns the
-    file name. Exclusive creation: an existing file is never replaced, even by a concurrent save."""
+    file name. Atomic and exclusive (``write_atomic``): an existing file is never replaced, even by a
+    concurrent save, and an interrupted save leaves no half-written plan in the Load list."""
     import folder_paths
 
     if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix) or prefix.strip(". ") == "":
@@ -115,9 +117,10 @@ def save_plan(plan: Plan, prefix: str) -> str:
         path = os.path.join(folder, name)
         if not _inside(path, [folder]):
             raise PlanError(f"filename prefix {prefix!r} leaves the plans folder")
+        if os.path.lexists(path):   # skip taken names without writing a temporary file for each
+            continue
         try:
-            with open(path, "x", encoding="utf-8") as f:
-                f.write(text)
+            write_atomic(path, text, exclusive=True)
         except FileExistsError:
             continue
         log.info("DiTFastAttn: saved plan to %s (%s)", path, plan.summary())

@@ -19,6 +19,7 @@ from ditfa_core.plan import (
     PlanError,
     WindowSetting,
 )
+from ditfa_core.plan.io import write_atomic
 from ditfa_core.strategies import Strategy
 
 F, AST, WA, ASC, WAC = Strategy.FULL, Strategy.AST, Strategy.WA_RS, Strategy.ASC, Strategy.WA_RS_ASC
@@ -76,6 +77,32 @@ def test_file_round_trip_and_atomic_save(tmp_path):
     plan.save(path)  # overwriting goes through os.replace
     assert Plan.load(path) == plan
     assert os.listdir(tmp_path) == ["p.json"]  # no temp file left behind
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path):
+    path = tmp_path / "out.png"
+    write_atomic(path, b"old")
+
+    def broken(f):
+        f.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(path, broken)
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["out.png"]
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard link", "no links (FAT)"])
+def test_an_exclusive_write_never_replaces_a_file(tmp_path, monkeypatch, links):
+    if not links:
+        def no_link(*_a):
+            raise PermissionError("links not supported")
+        monkeypatch.setattr(os, "link", no_link)
+    path = tmp_path / "p.json"
+    write_atomic(path, "first", exclusive=True)
+    with pytest.raises(FileExistsError):
+        write_atomic(path, "second", exclusive=True)
+    assert path.read_text() == "first" and os.listdir(tmp_path) == ["p.json"]
 
 
 def test_uncalibrated_full_plan_round_trip():

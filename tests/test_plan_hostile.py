@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import plan_corpus
 
-from ditfa_core import plan as plan_module
 from ditfa_core.plan import MAX_CELLS, Plan, PlanError
+from ditfa_core.plan import io as plan_io
 
 
 @pytest.mark.parametrize("name", list(plan_corpus.hostile_texts()))
@@ -54,7 +54,7 @@ def test_oversized_texts_are_refused_before_the_json_parser_runs(
         with pytest.raises(PlanError, match="not JSON"):
             Plan.from_json(text)
         return
-    monkeypatch.setattr(plan_module.json, "loads", no_parse)
+    monkeypatch.setattr(plan_io.json, "loads", no_parse)
     with pytest.raises(PlanError):
         Plan.from_json(text)
 

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import plan_corpus
 
 from ditfa_core import plan as plan_module
+from ditfa_core.strategies import Strategy
 
 WEB = Path(__file__).resolve().parent.parent / "web"
 needs_node = pytest.mark.skipif(plan_corpus.node() is None, reason="needs Node.js to run web/*.js")
@@ -29,7 +30,7 @@ def test_limits_and_names_are_the_servers() -> None:
     for name in ("MAX_DIM", "MAX_INT", "MAX_CELLS", "MAX_DEPTH"):
         assert int(consts[name].replace("_", "")) == getattr(plan_module, name), name
     assert consts["MAX_ITEMS"] == "MAX_CELLS + 256" and plan_module.MAX_ITEMS == plan_module.MAX_CELLS + 256
-    assert json.loads(consts["STRATEGY_NAMES"]) == [s.value for s in plan_module.Strategy]
+    assert json.loads(consts["STRATEGY_NAMES"]) == [s.value for s in Strategy]
     assert json.loads(consts["WINDOW_KINDS"]) == list(plan_module.WINDOW_KINDS)
     assert json.loads(consts["VERSIONS"]) == list(plan_module.SUPPORTED_VERSIONS)
 

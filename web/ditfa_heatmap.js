@@ -10,7 +10,7 @@
 import { MAX_TEXT_CHARS, STRATEGY_NAMES, parsePlan } from "./ditfa_plan.js";
 
 export { parsePlan };
-export const MAX_PLAN_CHARS = MAX_TEXT_CHARS; // the Python reader's limit (ditfa_core/plan.py)
+export const MAX_PLAN_CHARS = MAX_TEXT_CHARS; // the Python reader's limit (ditfa_core/plan/fields.py)
 
 export const STRATEGIES = STRATEGY_NAMES;
 

@@ -1,4 +1,4 @@
-// DiTFastAttn plan reader for the front end: the rules of ditfa_core/plan.py (Plan.from_json), so that
+// DiTFastAttn plan reader for the front end: the rules of ditfa_core/plan/ (Plan.from_json), so that
 // the browser accepts exactly the plans the server accepts (tests/test_web_plan_reader.py runs both on
 // the same texts, hostile ones included).
 //
@@ -146,7 +146,7 @@ function readJson(text) {
   return result;
 }
 
-// -- field checks (plan.py's _int, _num, _str, _ints, _keys) --------------------------------------------
+// -- field checks (plan/fields.py's _int, _num, _str, _ints, _keys) -------------------------------------
 
 function kind(v) {
   if (v === null) return "null";
@@ -204,7 +204,7 @@ const ISO_TIME = new RegExp(
   "(?:Z|[+-]([0-9]{2}):([0-9]{2}))?)?$",
 );
 
-/** plan.py's _is_iso_time: the same pattern and the same calendar checks. */
+/** plan/fields.py's _is_iso_time: the same pattern and the same calendar checks. */
 export function isIsoTime(text) {
   const m = ISO_TIME.exec(text);
   if (!m) return false;
@@ -299,7 +299,7 @@ function checkGrid(grid, layers, heads) {
   });
 }
 
-/** plan.py's _history_gaps: AST never at step 0; a windowed strategy only after a FULL (per head). */
+/** plan/resample.py's history_gaps: AST never at step 0; a windowed strategy only after a FULL (per head). */
 function checkHistory(raw, grid, heads) {
   for (let l = 0; l < grid[0].length; l++) {
     const hasFull = new Array(heads).fill(false);

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
+from ..plan.io import write_atomic
 from .classifier import DigitClassifier, DigitCNN, FeatureStats, frechet_distance
 from .model import DiT, DiTConfig
 from .sampling import sample
@@ -33,11 +35,9 @@ __all__ = [
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write then rename, so a run killed mid-save never leaves a truncated weight file behind."""
+    """Safetensors written atomically, so a run killed mid-save never leaves a truncated weight file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    write_atomic(path, safetensors_bytes(tensors, metadata=metadata))
 
 
 def save_dit(model: DiT, path: Path, dtype: torch.dtype = torch.float16, **metadata: str) -> None:

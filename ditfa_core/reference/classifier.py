@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..plan.io import write_atomic
+
 logger = logging.getLogger(__name__)
 
 FEATURE_DIM = 64
@@ -68,7 +70,7 @@ class FeatureStats:
         payload = {"count": self.count, "mean": self.mean.tolist(), "cov": self.cov.tolist()}
         if floor is not None:
             payload["floor"] = floor
-        path.write_text(json.dumps(payload))
+        write_atomic(path, json.dumps(payload))
 
     @classmethod
     def from_json(cls, path: Path) -> FeatureStats:

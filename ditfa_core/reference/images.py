@@ -6,12 +6,13 @@ The sampler works in [-1, 1] with -1 = background (``data.load_digits`` maps MNI
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from ..plan.io import write_atomic
 
 GAP = 2
 """Pixels between digits in the grid."""
@@ -41,20 +42,13 @@ def grid_image(images: np.ndarray, labels: np.ndarray, scale: int = 2) -> np.nda
 
 def write_samples(images: Tensor, labels: Tensor, path: Path) -> Path:
     """Write ``path`` (.npz with ``images`` uint8 (b, H, W) and ``labels`` int64 (b,)) and its grid PNG
-    beside it (same name, .png); both are written to a temporary name first and then renamed, so an
+    beside it (same name, .png); each is written atomically (``write_atomic``), so an
     interrupted run leaves no half-written file. Returns the PNG's path. Needs Pillow for the PNG."""
     from PIL import Image
 
     pixels, classes = to_uint8(images), labels.detach().cpu().long().numpy()
     png = path.with_suffix(".png")
-    tmp_npz, tmp_png = path.with_name(f".{path.name}.tmp"), png.with_name(f".{png.name}.tmp")
-    try:
-        with open(tmp_npz, "wb") as fh:
-            np.savez_compressed(fh, images=pixels, labels=classes)
-        Image.fromarray(grid_image(pixels, classes)).save(tmp_png, format="PNG")
-        os.replace(tmp_npz, path)
-        os.replace(tmp_png, png)
-    finally:
-        for tmp in (tmp_npz, tmp_png):
-            tmp.unlink(missing_ok=True)
+    image = Image.fromarray(grid_image(pixels, classes))
+    write_atomic(path, lambda fh: np.savez_compressed(fh, images=pixels, labels=classes))
+    write_atomic(png, lambda fh: image.save(fh, format="PNG"))
     return png

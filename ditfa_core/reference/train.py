@@ -22,9 +22,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
+from ..plan.io import write_atomic
 from . import (
     CLASSIFIER_FILE,
     DIT_FILE,
@@ -180,10 +182,8 @@ def save_state(path: Path, model: DiT, ema: DiT, optimizer: torch.optim.Optimize
     tensors |= {f"opt.{i}.{k}": v for i, s in opt["state"].items() for k, v in s.items()}
     tensors["generator"] = generator.get_state()
     meta = {"step": step, "seconds": seconds, "param_groups": opt["param_groups"]}
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={"state": json.dumps(meta)})
-    tmp.replace(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    write_atomic(path, safetensors_bytes(tensors, metadata={"state": json.dumps(meta)}))
 
 
 def load_state(path: Path, model: DiT, ema: DiT, optimizer: torch.optim.Optimizer,

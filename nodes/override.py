@@ -119,8 +119,9 @@ def _compress(run: Run, to: dict[str, Any], func: Any, args: tuple, kwargs: dict
         try:
             if a is qh and b is kh and c is vh:   # the whole call: exactly what ComfyUI would have run
                 return to_bhnd(call_dense(run.inner, func, args, kwargs), heads, skip_out)
-            out = call_dense(run.inner, func, (a, b, c, heads), {**rest, "skip_reshape": True})
-            return to_bhnd(out, heads, False)
+            # A part of the call: some rows (CFG) or some heads (a head-wise plan's group).
+            out = call_dense(run.inner, func, (a, b, c, a.shape[1]), {**rest, "skip_reshape": True})
+            return to_bhnd(out, a.shape[1], False)
         finally:
             lane.busy = False
 

@@ -60,6 +60,9 @@ class Stats:
     chunks: dict[str, int] = field(default_factory=lambda: {DENSE: 0, WINDOW: 0, REUSE: 0, SHARE: 0})
     residual_refreshes: int = 0
     fallbacks: int = 0
+    peak_cache_bytes: int = 0
+    """Most bytes the caches held at a step boundary (measured when a call of a new step arrives and at
+    the end); one call's temporaries (a layer's window output while its residual is refreshed) come on top."""
 
     @property
     def flops_fraction(self) -> float:
@@ -131,6 +134,7 @@ class FastAttention:
         self.stats = Stats()
         self._patterns: dict[TokenLayout, AttentionPattern] = {}
         self._said: set[Hashable] = set()
+        self._step = -1
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -155,13 +159,14 @@ class FastAttention:
         return dense(q, k, v)
 
     def close(self) -> None:
-        """End of the run: free every cache and log what the run saved."""
+        """End of the run: free every cache and log what the run saved and held."""
         s = self.stats
+        s.peak_cache_bytes = max(s.peak_cache_bytes, self.state.nbytes)
         if s.calls:
             log.info(
-                "DiTFastAttn: %d attention calls, %.1f%% of full attention FLOPs, %d fallbacks, %.1f MiB "
-                "cached",
-                s.calls, 100 * s.flops_fraction, s.fallbacks, self.state.nbytes / 2**20,
+                "DiTFastAttn: %d attention calls, %.1f%% of full attention FLOPs, %d fallbacks, caches held "
+                "at most %.1f MiB between steps (plus one layer's temporaries during a call)",
+                s.calls, 100 * s.flops_fraction, s.fallbacks, s.peak_cache_bytes / 2**20,
             )
         self.state.clear()
 
@@ -178,6 +183,9 @@ class FastAttention:
         """Attention of (B, H, N, D) ``q, k, v`` for the call ``ctx`` describes."""
         if dense is None:
             dense = self.dense if ctx.scale is None else functools.partial(self.dense, scale=ctx.scale)
+        if ctx.step != self._step:
+            self._step = ctx.step
+            self.stats.peak_cache_bytes = max(self.stats.peak_cache_bytes, self.state.nbytes)
         self.stats.calls += 1
         self.stats.full_flops += pair_flops(q.shape[0], q.shape[1], q.shape[2] * k.shape[2], q.shape[-1])
         if ctx.layer >= self.schedule.num_layers:

@@ -250,6 +250,20 @@ def test_cache_device_and_byte_count():
     assert torch.equal(e(*qkv(1), ctx(1)), first)
     e.close()
     assert e.state.nbytes == 0 and len(e.state) == 0
+    assert e.stats.peak_cache_bytes == first.numel() * first.element_size()   # what the log reports
+
+
+def test_peak_cache_counts_the_largest_step_boundary():
+    """FULL keeps residual and output for WA-RS and AST; the peak is their sum, not what is left at
+    the end (the last step keeps nothing more)."""
+    e = FastAttention(Schedule.from_rows([["FULL"], ["WA_RS"], ["AST"]]), WINDOW)
+    out = e(*qkv(0), ctx(0))
+    held = e.state.nbytes
+    assert held == 2 * out.numel() * out.element_size()
+    e(*qkv(1), ctx(1))
+    e(*qkv(2), ctx(2))
+    e.close()
+    assert e.stats.peak_cache_bytes >= held
 
 
 def test_schedule_needs():

@@ -46,6 +46,21 @@ def big_grid_text(steps: int, layers: int) -> str:
     return json.dumps(doc)
 
 
+def headwise_text(steps: int, layers: int, heads: int, seed: int = 0) -> str:
+    """A valid head-wise plan: step 0 all FULL, later cells random per head (every fifth layer a
+    layer-wise cell, as a head-wise plan may mix them)."""
+    rng = random.Random(seed)
+    later = ["FULL", "AST", "ASC", "ARROW", "ARROW_ASC"]
+    doc = valid_docs()[2]
+    doc["steps"], doc["model"]["num_layers"], doc["model"]["num_heads"] = steps, layers, heads
+
+    def cell(layer: int) -> str | list[str]:
+        return [rng.choice(later) for _ in range(heads)] if layer % 5 else rng.choice(later)
+
+    doc["grid"] = [["FULL"] * layers] + [[cell(layer) for layer in range(layers)] for _ in range(steps - 1)]
+    return json.dumps(doc)
+
+
 def hostile_texts() -> dict[str, str]:
     """The hostile plans of issue 10 (and their kin), by name; every one must be refused."""
     base = valid_docs()[0]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ditfa_core.plan import MAX_CELLS, MAX_DEPTH, MAX_DIM, MAX_TEXT_BYTES, Plan, PlanError
+from ditfa_core.strategies import Strategy
 
 WEB_READER = Path(__file__).resolve().parent / "web_reader.mjs"
 
@@ -43,6 +44,21 @@ def big_grid_text(steps: int, layers: int) -> str:
     doc = valid_docs()[2]
     doc["steps"], doc["model"]["num_layers"] = steps, layers
     doc["grid"] = [["FULL"] * layers for _ in range(steps)]
+    return json.dumps(doc)
+
+
+def headwise_text(steps: int, layers: int, heads: int, seed: int = 0) -> str:
+    """A valid head-wise plan: step 0 all FULL, later cells random per head (every fifth layer a
+    layer-wise cell, as a head-wise plan may mix them)."""
+    rng = random.Random(seed)
+    later = ["FULL", "AST", "ASC", "ARROW", "ARROW_ASC"]
+    doc = valid_docs()[2]
+    doc["steps"], doc["model"]["num_layers"], doc["model"]["num_heads"] = steps, layers, heads
+
+    def cell(layer: int) -> str | list[str]:
+        return [rng.choice(later) for _ in range(heads)] if layer % 5 else rng.choice(later)
+
+    doc["grid"] = [["FULL"] * layers] + [[cell(layer) for layer in range(layers)] for _ in range(steps - 1)]
     return json.dumps(doc)
 
 
@@ -134,7 +150,7 @@ def mutate(doc: dict[str, Any], rng: random.Random) -> str:
         return json.dumps(doc, allow_nan=True)
     if kind == 3:
         steps, layers = rng.choice([(1, 1), (2, 3), (doc["steps"], doc["model"]["num_layers"] + 1)])
-        names = ["FULL", "AST", "WA_RS", "ASC", "WA_RS_ASC"]
+        names = [s.value for s in Strategy]
         doc["grid"] = [[rng.choice(names) for _ in range(layers)] for _ in range(steps)]
         doc["steps"] = rng.choice([steps, steps + 1])
         doc["model"]["num_layers"] = rng.choice([layers, layers - 1])

@@ -12,7 +12,8 @@ What it does:
 3. In Chromium: opens the front end, fetches the embedded-plan example through the template route
    ComfyUI serves for custom node packs, loads it, checks the nodes and that the heatmap is drawn on
    the canvas (its strategy colours are counted in the canvas pixels), saves
-   docs/heatmap_in_comfyui.png.
+   docs/heatmap_in_comfyui.png; pastes a synthetic head-wise plan into the Load Plan node and checks its
+   head rows are drawn, saves docs/heatmap_headwise_in_comfyui.png.
 4. Builds tiny model -> Calibrate -> Apply -> KSampler -> check, queues it, waits for the result,
    embeds the calibrated plan with the extension's action, saves the workflow (graph.serialize), checks
    the plan in it parses to the very plan Calibrate returned, loads the saved workflow again and queues
@@ -45,9 +46,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import plan_corpus
 from comfy_host import REPO_ROOT, find_comfyui, is_comfyui_checkout
 
 from ditfa_core.plan import Plan
+from ditfa_core.strategies import Strategy
 
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -290,11 +293,13 @@ def _settle(page: Any) -> None:
     page.evaluate("() => { app.canvas.setDirty(true, true); app.canvas.draw(true, true); }")
 
 
+# The example plan's strategies, counted in the canvas by their colours (the registry's, as the front
+# end's generated vocabulary has them); COUNT_COLOURS takes such a table.
+COUNTED = {s.value: list(s.colour) for s in (Strategy.WA_RS, Strategy.AST, Strategy.ASC, Strategy.WA_RS_ASC)}
 COUNT_COLOURS = """
-() => {
+(want) => {
   const c = app.canvas.canvas;
   const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-  const want = {WA_RS: [255,127,0], AST: [55,126,184], ASC: [77,175,74], WA_RS_ASC: [152,78,163]};
   const counts = Object.fromEntries(Object.keys(want).map(k => [k, 0]));
   for (let i = 0; i < data.length; i += 4) {
     for (const [k, [r, g, b]] of Object.entries(want)) {
@@ -306,24 +311,25 @@ COUNT_COLOURS = """
 """
 
 
+LOAD_EXAMPLE = """async ([pack, name]) => {
+  const wf = await (await fetch(`/api/workflow_templates/${pack}/${name}.json`)).json();
+  await app.loadGraphData(wf, true, true, name);
+  const nodes = app.graph._nodes;
+  const load = nodes.find(n => n.type === 'DiTFastAttnLoadPlan');
+  const apply = nodes.find(n => n.type === 'DiTFastAttnApply');
+  app.canvas.ds.scale = 1.0;
+  app.canvas.ds.offset = [-load.pos[0] + 20, -load.pos[1] + 40];
+  return {types: nodes.map(n => n.type), hasWidget: [load, apply].map(
+            n => n.widgets.some(w => w.name === 'ditfa_heatmap')),
+          planText: load.widgets.find(w => w.name === 'plan_json').value};
+}"""
+"""Load the embedded-plan example through the template route and scroll to its Load Plan node."""
+
+
 def test_example_workflow_shows_the_heatmap(server: Server, page: Any) -> None:
     templates = _get(f"{server.url}/api/workflow_templates")
     assert EMBEDDED_EXAMPLE in templates.get(PACK_DIR_NAME, []), templates
-    result = page.evaluate(
-        """async ([pack, name]) => {
-          const wf = await (await fetch(`/api/workflow_templates/${pack}/${name}.json`)).json();
-          await app.loadGraphData(wf, true, true, name);
-          const nodes = app.graph._nodes;
-          const load = nodes.find(n => n.type === 'DiTFastAttnLoadPlan');
-          const apply = nodes.find(n => n.type === 'DiTFastAttnApply');
-          app.canvas.ds.scale = 1.0;
-          app.canvas.ds.offset = [-load.pos[0] + 20, -load.pos[1] + 40];
-          return {types: nodes.map(n => n.type), hasWidget: [load, apply].map(
-                    n => n.widgets.some(w => w.name === 'ditfa_heatmap')),
-                  planText: load.widgets.find(w => w.name === 'plan_json').value};
-        }""",
-        [PACK_DIR_NAME, EMBEDDED_EXAMPLE],
-    )
+    result = page.evaluate(LOAD_EXAMPLE, [PACK_DIR_NAME, EMBEDDED_EXAMPLE])
     assert {"DiTFastAttnLoadPlan", "DiTFastAttnApply", "KSampler"} <= set(result["types"])
     assert result["hasWidget"] == [True, True]
     assert Plan.from_json(result["planText"]).num_layers == 28
@@ -332,11 +338,38 @@ def test_example_workflow_shows_the_heatmap(server: Server, page: Any) -> None:
         n => [n.type, n.ditfaParsed && n.ditfaParsed.plan
                       ? [n.ditfaParsed.plan.steps, n.ditfaParsed.plan.layers] : null])""")
     assert ["DiTFastAttnLoadPlan", [20, 28]] in shapes and ["DiTFastAttnApply", [20, 28]] in shapes, shapes
-    counts = page.evaluate(COUNT_COLOURS)
+    counts = page.evaluate(COUNT_COLOURS, COUNTED)
     # Two heatmaps of 560 cells each, several pixels per cell: every strategy of the plan is visible.
     assert all(n > 200 for n in counts.values()), counts
     DOCS.mkdir(exist_ok=True)
     page.screenshot(path=str(DOCS / "heatmap_in_comfyui.png"))
+    assert not page.ditfa_errors, page.ditfa_errors
+
+
+def test_a_headwise_plan_draws_head_rows(server: Server, page: Any) -> None:
+    """A synthetic head-wise plan (28 layers x 24 heads, random per head) pasted into the example's Load
+    Plan node: the Load and Apply panels draw it (its ARROW colours fill many pixels), with no error from
+    the pack's scripts. Saves docs/heatmap_headwise_in_comfyui.png."""
+    page.evaluate(LOAD_EXAMPLE, [PACK_DIR_NAME, EMBEDDED_EXAMPLE])
+    page.evaluate(
+        """(text) => {
+          const load = app.graph._nodes.find(n => n.type === 'DiTFastAttnLoadPlan');
+          const w = load.widgets.find(w => w.name === 'plan_json');
+          w.value = text;
+          w.callback?.(text);
+          window.DiTFastAttn.refreshHeatmaps();
+        }""",
+        plan_corpus.headwise_text(20, 28, 24),
+    )
+    _settle(page)
+    _settle(page)   # a taller panel resizes its node on the next frame
+    shapes = page.evaluate("""() => app.graph._nodes.filter(n => n.ditfaParsed?.plan).map(
+        n => [n.type, n.ditfaParsed.plan.heads, n.ditfaParsed.plan.headwise])""")
+    assert ["DiTFastAttnLoadPlan", 24, True] in shapes and ["DiTFastAttnApply", 24, True] in shapes, shapes
+    arrows = {s.value: list(s.colour) for s in (Strategy.ARROW, Strategy.ARROW_ASC)}
+    counts = page.evaluate(COUNT_COLOURS, arrows)
+    page.screenshot(path=str(DOCS / "heatmap_headwise_in_comfyui.png"))
+    assert all(n > 200 for n in counts.values()), counts
     assert not page.ditfa_errors, page.ditfa_errors
 
 
@@ -421,7 +454,7 @@ def test_calibrate_embed_save_and_reload_reproduces_the_run(server: Server, page
     )
     assert embedded["feeds"] == embedded["loadId"] and embedded["calPlan"] == plan_json
     _settle(page)
-    counts = page.evaluate(COUNT_COLOURS)
+    counts = page.evaluate(COUNT_COLOURS, COUNTED)
     assert sum(counts.values()) > 100, counts
     page.screenshot(path=str(DOCS / "heatmap_calibrated_tiny.png"))
 

@@ -30,7 +30,8 @@ def test_limits_and_names_are_the_servers() -> None:
     for name in ("MAX_DIM", "MAX_INT", "MAX_CELLS", "MAX_DEPTH"):
         assert int(consts[name].replace("_", "")) == getattr(plan_module, name), name
     assert consts["MAX_ITEMS"] == "MAX_CELLS + 256" and plan_module.MAX_ITEMS == plan_module.MAX_CELLS + 256
-    assert json.loads(consts["STRATEGY_NAMES"]) == [s.value for s in Strategy]
+    assert "STRATEGY_NAMES" not in consts   # the generated vocabulary's (tests/test_workflows_web.py)
+    assert re.search(r'import \{[^}]*\bSTRATEGY_NAMES\b[^}]*\} from "\./ditfa_vocabulary\.js";', js)
     assert json.loads(consts["WINDOW_KINDS"]) == list(plan_module.WINDOW_KINDS)
     assert json.loads(consts["VERSIONS"]) == list(plan_module.SUPPORTED_VERSIONS)
 
@@ -82,3 +83,69 @@ def test_the_heatmap_of_a_huge_plan_is_drawn_downsampled(tmp_path: Path) -> None
                          capture_output=True, text=True, timeout=120).stdout
     result = json.loads(out)
     assert result["rects"] <= 25 * 240 + 10 and result["height"] < 1000, result   # 240 drawn rows
+
+
+DRAW_RECORDED = """
+import { drawPanel, gridOrigin, layout } from "WEB/ditfa_heatmap.js";
+import { parsePlan } from "WEB/ditfa_plan.js";
+import { readFileSync } from "node:fs";
+const rects = [];
+const ctx = { fillStyle: "", measureText: (t) => ({ width: 6 * t.length }),
+  fillRect(x, y, w, h) { rects.push([x, y, w, h, this.fillStyle]); } };
+for (const k of ["save", "restore", "fillText", "strokeRect"]) ctx[k] = () => {};
+const parsed = parsePlan(readFileSync(process.argv[2], "utf8"));
+if (!parsed.plan) throw new Error(parsed.error);
+const width = Number(process.argv[3]);
+const height = drawPanel(ctx, parsed, 0, 0, width, "");
+const at = layout(parsed.plan, width);
+console.log(JSON.stringify({ rects, height, layout: at, origin: gridOrigin(ctx, parsed.plan, width) }));
+"""
+
+
+def _draw_recorded(tmp_path: Path, text: str, width: int = 400) -> dict:
+    """Draw ``text`` with a context that records every fillRect with its colour (later ones on top)."""
+    script = tmp_path / "draw_recorded.mjs"
+    script.write_text(DRAW_RECORDED.replace("WEB", WEB.as_uri()), encoding="utf-8")
+    (tmp_path / "plan.json").write_text(text, encoding="utf-8")
+    out = subprocess.run([plan_corpus.node(), str(script), str(tmp_path / "plan.json"), str(width)],
+                         check=True, capture_output=True, text=True, timeout=120).stdout
+    return json.loads(out)
+
+
+def _colour_at(drawn: dict, x: float, y: float) -> str:
+    return next(r[4] for r in reversed(drawn["rects"]) if r[0] <= x < r[0] + r[2] and r[1] <= y < r[1] + r[3])
+
+
+@needs_node
+@pytest.mark.parametrize(("layers", "heads", "shown"), [(24, 24, 24), (57, 24, 11), (24, 48, 29)])
+def test_the_heatmap_draws_head_rows_inside_each_layer_band(tmp_path: Path, layers: int, heads: int,
+                                                             shown: int) -> None:
+    """SD3 (24 layers x 24 heads) draws every head, Flux (57 x 24) and 48 heads evenly sampled heads, in
+    a 400 px node: the colour at (step, layer, drawn head row) is that head's, a 1 px separator parts
+    two layer bands, and the panel stays under 1,000 px."""
+    text = plan_corpus.headwise_text(28, layers, heads, seed=layers + heads)
+    plan = plan_module.Plan.from_json(text)
+    drawn = _draw_recorded(tmp_path, text)
+    at, (ox, oy) = drawn["layout"], drawn["origin"].values()
+    assert (at["cols"], at["rows"], at["headRows"]) == (28, layers, shown) and at["hh"] >= 1, at
+    colours = {s: "#{:02x}{:02x}{:02x}".format(*s.colour) for s in Strategy}
+    rng = random.Random(3)
+    for _ in range(300):
+        s, layer, row = rng.randrange(28), rng.randrange(layers), rng.randrange(shown)
+        cell = plan.grid[s][layer]
+        want = cell if isinstance(cell, Strategy) else cell[row * heads // shown]
+        y = oy + layer * at["ch"] + row * at["hh"] + 0.5
+        assert _colour_at(drawn, ox + s * at["cw"] + 0.5, y) == colours[want], (s, layer, row)
+        separator = oy + layer * at["ch"] + shown * at["hh"] + 0.5
+        assert _colour_at(drawn, ox + s * at["cw"] + 0.5, separator) == "#ffffff"
+    assert drawn["height"] < 1000
+    used = {s for row in plan.grid for cell in row for s in (cell if isinstance(cell, tuple) else (cell,))}
+    legend = [r[4] for r in drawn["rects"] if r[1] > oy + layers * at["ch"]]   # the swatches under the grid
+    assert legend == [colours[s] for s in Strategy if s in used] and len(legend) == 5
+
+
+@needs_node
+def test_the_heatmap_of_a_huge_headwise_plan_is_drawn_downsampled(tmp_path: Path) -> None:
+    """25 steps x 100 layers x 100 heads (the cell cap): at most one rectangle per drawn pixel row."""
+    drawn = _draw_recorded(tmp_path, plan_corpus.headwise_text(25, 100, 100))
+    assert len(drawn["rects"]) <= 25 * 720 + 20 and drawn["height"] < 1000, drawn["height"]

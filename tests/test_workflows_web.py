@@ -5,8 +5,8 @@
   inputs (when ComfyUI is available), every pack node used, an embedded plan that Plan.from_json reads.
 * The plan of a Calibrate run, embedded in a Load Plan node of a workflow as the front end does it,
   survives saving and loading the workflow JSON and loads as the identical plan.
-* web/ditfa_heatmap.js uses the colours and labels of ditfa_core/heatmap.py, and no web file evaluates
-  code.
+* web/ditfa_vocabulary.js is what ``python3 -m ditfa_core.strategies`` writes from the strategy registry
+  now, and the other web modules take names, colours and labels from it; no web file evaluates code.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from comfy_host import pack_module as mod
 
 from ditfa_core import heatmap
 from ditfa_core.plan import Plan
+from ditfa_core.strategies import Strategy
+from ditfa_core.strategies import __main__ as vocabulary_js
 
 EXAMPLES = sorted((REPO_ROOT / "example_workflows").glob("*.json"))
 WEB = REPO_ROOT / "web"
@@ -186,18 +188,36 @@ def test_embedded_plans_are_validated_like_files(pack: ModuleType) -> None:
 # -- web/ ------------------------------------------------------------------------------------------------
 
 
-def _js_table(text: str, name: str) -> dict[str, str]:
-    body = re.search(rf"export const {name} = \{{(.*?)\n\}};", text, re.S)
-    assert body, f"web/ditfa_heatmap.js: no {name} table"
-    return dict(re.findall(r"(\w+): (\[[^\]]*\]|\"[^\"]*\")", body.group(1)))
+def test_web_vocabulary_is_what_the_registry_generates(tmp_path: Path) -> None:
+    """web/ditfa_vocabulary.js is generated: adding or changing a strategy without regenerating fails here."""
+    committed = (WEB / "ditfa_vocabulary.js").read_text(encoding="utf-8")
+    assert committed == vocabulary_js.render(), (
+        f"web/ditfa_vocabulary.js is stale (a strategy was added or changed): run `{vocabulary_js.COMMAND}` "
+        "and commit the file")
+    assert vocabulary_js.main([str(tmp_path / "v.js")]) == 0
+    assert (tmp_path / "v.js").read_text(encoding="utf-8") == committed
 
 
-def test_web_colours_and_labels_match_python() -> None:
-    text = (WEB / "ditfa_heatmap.js").read_text(encoding="utf-8")
-    colours = {k: tuple(json.loads(v)) for k, v in _js_table(text, "COLOURS").items()}
-    labels = {k: json.loads(v) for k, v in _js_table(text, "LABELS").items()}
-    assert colours == {s.value: c for s, c in heatmap.COLOURS.items()}
-    assert labels == {s.value: label for s, label in heatmap.LABELS.items()}
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js to run web/*.js")
+def test_web_vocabulary_exports_the_registrys_names_colours_labels_and_rules(tmp_path: Path) -> None:
+    script = tmp_path / "vocab.mjs"
+    script.write_text(f'import * as v from "{(WEB / "ditfa_vocabulary.js").as_uri()}";\n'
+                      "console.log(JSON.stringify(v));\n", encoding="utf-8")
+    v = json.loads(subprocess.run(["node", str(script)], check=True, capture_output=True, text=True,
+                                  timeout=60).stdout)
+    assert v["STRATEGY_NAMES"] == [s.value for s in Strategy]
+    assert v["COLOURS"] == {s.value: "#{:02x}{:02x}{:02x}".format(*c) for s, c in heatmap.COLOURS.items()}
+    assert v["LABELS"] == {s.value: label for s, label in heatmap.LABELS.items()}
+    assert v["NOT_AT_STEP_0"] == ["AST"] and v["NEEDS_EARLIER_FULL"] == ["WA_RS", "WA_RS_ASC"]
+
+
+def test_web_modules_take_names_colours_and_labels_from_the_vocabulary() -> None:
+    for name in ("ditfa_plan.js", "ditfa_heatmap.js"):
+        code = re.sub(r"//[^\n]*", "", (WEB / name).read_text(encoding="utf-8"))
+        assert 'from "./ditfa_vocabulary.js";' in code, name
+        copies = re.findall(r"export const (?:STRATEGY_NAMES|COLOURS|LABELS) =", code)
+        copies += [s.value for s in Strategy if s is not Strategy.FULL and f'"{s.value}"' in code]
+        assert not copies, f"{name} keeps its own copy of the vocabulary: {copies}"
 
 
 def test_web_files_are_plain_modules_that_never_eval() -> None:

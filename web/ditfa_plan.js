@@ -6,7 +6,12 @@
 // JSON.parse, because the server's reader tells integers (3) from other numbers (3.0), refuses
 // duplicate keys, and bounds nesting, strings and values before its parser runs; JSON.parse does none of
 // these. Objects are read into Maps, so keys such as "__proto__" or "toString" are plain data, and every
-// lookup is by own key (Map.has, Set.has), never `in`. Plain ES module, no imports.
+// lookup is by own key (Map.has, Set.has), never `in`. Plain ES module; its one import is the strategy
+// vocabulary generated from the server's registry (python3 -m ditfa_core.strategies).
+
+import { NEEDS_EARLIER_FULL, NOT_AT_STEP_0, STRATEGY_NAMES } from "./ditfa_vocabulary.js";
+
+export { STRATEGY_NAMES };
 
 export const FORMAT = "ditfastattn-plan";
 export const VERSIONS = [1];
@@ -17,11 +22,11 @@ export const MAX_CELLS = 250000;
 export const MAX_ITEMS = MAX_CELLS + 256;
 export const MAX_DEPTH = 16;
 export const MAX_INT_DIGITS = 4300; // Python's int() refuses longer integer literals
-export const STRATEGY_NAMES = ["FULL", "AST", "WA_RS", "ASC", "WA_RS_ASC"];
 export const WINDOW_KINDS = ["band", "nbhd"];
 
 const STRATEGY_SET = new Set(STRATEGY_NAMES);
-const WINDOWED = new Set(["WA_RS", "WA_RS_ASC"]);
+const FIRST_STEP_BANNED = new Set(NOT_AT_STEP_0);
+const NEEDS_FULL = new Set(NEEDS_EARLIER_FULL);
 
 /** A JSON number written with a fraction or exponent: Python reads it as a float, never an integer. */
 export class Float {
@@ -299,15 +304,16 @@ function checkGrid(grid, layers, heads) {
   });
 }
 
-/** plan/resample.py's history_gaps: AST never at step 0; a windowed strategy only after a FULL (per head). */
+/** plan/resample.py's history_gaps, with each strategy's own rule (StrategySpec.gap, via the vocabulary): output
+ * reuse never at step 0; a residual strategy only after a FULL step in its layer (per head). */
 function checkHistory(raw, grid, heads) {
   for (let l = 0; l < grid[0].length; l++) {
     const hasFull = new Array(heads).fill(false);
     for (let s = 0; s < grid.length; s++) {
       const where = `grid step ${s}, layer ${l}`;
       const gap = (x, ready) => {
-        if (s === 0 && x === "AST") return "AST at step 0 has no earlier output to reuse";
-        return WINDOWED.has(x) && !ready ? `${x} needs an earlier FULL step in its layer` : null;
+        if (s === 0 && FIRST_STEP_BANNED.has(x)) return `${x} at step 0 has no earlier output to reuse`;
+        return NEEDS_FULL.has(x) && !ready ? `${x} needs an earlier FULL step in its layer` : null;
       };
       if (!Array.isArray(raw[s][l])) {
         const x = grid[s][l][0];
@@ -362,6 +368,8 @@ function checkPlan(data) {
     family: model.get("family"),
     steps,
     layers,
+    heads,
+    headwise: rawGrid.some((row) => row.some(Array.isArray)),
     grid: cells,
     flops: flops instanceof Float ? flops.value : flops,
     calibration: calibration === null ? null : plain(calibration),
@@ -371,7 +379,7 @@ function checkPlan(data) {
 /**
  * Read plan text as the server does (Plan.from_json). Returns {plan} or {error}; never throws, never
  * evaluates anything. `plan.grid[s][l]` is the list of strategies of a cell (one per head when
- * head-wise).
+ * head-wise; `plan.headwise` says whether any cell is, `plan.heads` is model.num_heads).
  */
 export function parsePlan(text) {
   if (typeof text !== "string") return { error: "no plan" };

@@ -5,7 +5,7 @@ The registry builds :class:`Strategy`, the plan file's vocabulary, from them: an
 strings whose members answer every question through their record (``Strategy.WA_RS.cost(...)``,
 ``.op(...)``, ``.gap(...)``, ``.predict(...)``, ``.colour``). Adding a strategy is adding one module
 here (plus its tests); flops, schedules, plan validation, the searches, the heatmap and the web
-vocabulary (``web/ditfa_vocabulary.json``, written by ``python -m ditfa_core.strategies``) follow.
+vocabulary (``web/ditfa_vocabulary.js``, written by ``python -m ditfa_core.strategies``) follow.
 """
 
 from __future__ import annotations

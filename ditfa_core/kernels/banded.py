@@ -22,7 +22,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from ..windows import AttentionPattern
+from ..windows import AttentionPattern, band
 
 DEFAULT_TILE = 64
 # Below this radius the band is too narrow for its own call to pay (blocked handles it).
@@ -59,9 +59,10 @@ def _windows(x: torch.Tensor, first: int, n_tiles: int, tile: int, length: int) 
 @functools.lru_cache(maxsize=64)
 def _box_mask(tile: int, radius: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """(tile, tile + 2 radius) additive mask of a band inside one tile's key box."""
-    i = torch.arange(tile)[:, None]
-    j = torch.arange(tile + 2 * radius)[None, :] - radius
-    return torch.zeros(tile, tile + 2 * radius, dtype=dtype).masked_fill((j - i).abs() > radius,
+    # Query i of the tile sits at position i + radius of its box.
+    lo, hi = band.window(torch.arange(tile)[:, None] + radius, tile + 2 * radius, radius, 1)
+    j = torch.arange(tile + 2 * radius)[None, :]
+    return torch.zeros(tile, tile + 2 * radius, dtype=dtype).masked_fill((j < lo) | (j > hi),
                                                                          float("-inf")).to(device)
 
 
@@ -108,13 +109,14 @@ def _borders(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Attenti
              out: torch.Tensor, first: int, last: int, scale: float | None) -> None:
     """The clipped windows at both ends of the image and the global queries, as masked boxes."""
     layout = pattern.layout
-    n, start, end, r = layout.n_tokens, layout.image_start, layout.image_end, pattern.radius[2]
+    n, start, end = layout.n_tokens, layout.image_start, layout.image_end
     g = torch.cat([torch.arange(0, start), torch.arange(end, n)])
     for lo, hi in ((0, first), (last, end - start)):
         if hi <= lo:
             continue
         q_idx = torch.arange(start + lo, start + hi)
-        kv_idx = torch.cat([g, torch.arange(start + max(0, lo - r), start + min(end - start, hi + r))])
+        (_, _, box_lo), (_, _, box_hi) = pattern.key_box((0, 0, lo), (1, 1, hi))
+        kv_idx = torch.cat([g, torch.arange(start + box_lo, start + box_hi)])
         mask = pattern.visible(q_idx[:, None], kv_idx[None, :]).to(q.device)
         kv = kv_idx.to(q.device)
         out[:, :, start + lo:start + hi] = F.scaled_dot_product_attention(

@@ -300,7 +300,7 @@ def test_cuda_fp32_backends_match_reference(case: str) -> None:
 
 
 def test_growth_study_smoke(tmp_path, capsys) -> None:
-    from ditfa_core.benchmarks.kernels import main
+    from tools.benchmarks.kernels import main
 
     out = tmp_path / "bench.json"
     main(["--tokens", "256", "576", "--heads", "1", "--head-dims", "16", "--dtypes", "fp32", "--threads", "1",

@@ -9,10 +9,10 @@ Growth with size on the CPU (latency fraction and latency/FLOPs for band and nei
 at each N, head dim, dtype and thread count, the automatic kernel beside ``blocked``, timed round-robin
 with dense SDPA; then the fitted exponent of time vs N):
 
-    python -m ditfa_core.benchmarks.kernels [--quick] [--tokens 1024 4096 16384 32768]
+    python -m tools.benchmarks.kernels [--quick] [--tokens 1024 4096 16384 32768]
         [--head-dims 64 128] [--dtypes fp32 bf16] [--threads 1 2] [--kinds band nbhd] [--json out.json]
 
-Both tables over head dims 64/72/128 (the ``kernels`` suite): ``python -m ditfa_core.benchmarks kernels``.
+Both tables over head dims 64/72/128 (the ``kernels`` suite): ``python -m tools.benchmarks kernels``.
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ from collections.abc import Callable
 
 import torch
 
-from ..context import COND_UNCOND, CallContext
-from ..engine import FastAttention
-from ..kernels import auto_choice, available_backends, dense_attention, windowed_attention
-from ..schedule import Schedule
-from ..strategies import Strategy
-from ..windows import AttentionPattern, TokenLayout, WindowSpec
+from ditfa_core.context import COND_UNCOND, CallContext
+from ditfa_core.engine import FastAttention
+from ditfa_core.kernels import auto_choice, available_backends, dense_attention, windowed_attention
+from ditfa_core.schedule import Schedule
+from ditfa_core.strategies import Strategy
+from ditfa_core.windows import AttentionPattern, TokenLayout, WindowSpec
+
 from .common import cpu_name, markdown_table
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ def strategy_rows(n: int, head_dim: int, args: argparse.Namespace, device: torch
     return rows
 
 
-# -- the ``kernels`` suite of ``python -m ditfa_core.benchmarks`` --------------------------------------
+# -- the ``kernels`` suite of ``python -m tools.benchmarks`` --------------------------------------
 
 VIDEO_TOKENS = math.prod(VIDEO_GRID)
 
@@ -281,7 +282,7 @@ def run_suite(args: argparse.Namespace, device: torch.device) -> dict:
             "window_rows": window_rows, "strategy_rows": rows}
 
 
-# -- the growth study: ``python -m ditfa_core.benchmarks.kernels`` ------------------------------------
+# -- the growth study: ``python -m tools.benchmarks.kernels`` ------------------------------------
 
 
 def load_average() -> float | None:

@@ -40,7 +40,7 @@ def supports(pattern: AttentionPattern, device: torch.device, dtype: torch.dtype
     return available(device, dtype) and pattern.kind == "band" and r >= MIN_RADIUS and n_img > 2 * r
 
 
-def _sdpa_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+def sdpa_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
               scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(output, log-sum-exp in float32) of the CPU flash kernel; ``mask`` is additive, q's dtype."""
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=mask,
@@ -81,20 +81,20 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Attent
     first, last = r, r + n_tiles * t              # the interior queries, image-local
     qi, ki, vi = (x[:, :, start:end].contiguous() for x in (q, k, v))
     box = (first - r, n_tiles, t, t + 2 * r)
-    parts = [_sdpa_lse(_windows(qi, first, n_tiles, t, t), _windows(ki, *box), _windows(vi, *box),
+    parts = [sdpa_lse(_windows(qi, first, n_tiles, t, t), _windows(ki, *box), _windows(vi, *box),
                        _box_mask(t, r, q.dtype, q.device), scale)]
     if layout.n_global:
         g = torch.cat([torch.arange(0, start), torch.arange(end, n)]).to(q.device)
         kg, vg = (x.index_select(2, g).reshape(b * h, 1, -1, d) for x in (k, v))
-        o, lse = _sdpa_lse(qi[:, :, first:last].reshape(b * h, 1, -1, d), kg, vg, scale=scale)
+        o, lse = sdpa_lse(qi[:, :, first:last].reshape(b * h, 1, -1, d), kg, vg, scale=scale)
         parts.append((o.view(b * h, n_tiles, t, d), lse.view(b * h, n_tiles, t)))
     out = torch.empty_like(q)
-    out[:, :, start + first:start + last] = _merge(parts).view(b, h, last - first, d)
+    out[:, :, start + first:start + last] = merge(parts).view(b, h, last - first, d)
     _borders(q, k, v, pattern, out, first, last, scale)
     return out
 
 
-def _merge(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+def merge(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """Softmax over the union of the parts' keys, from each part's output and log-sum-exp."""
     if len(parts) == 1:
         return parts[0][0]

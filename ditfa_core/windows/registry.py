@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from . import band, nbhd
+from . import band, nbhd, tile
 from .shape import WindowShape
 
-SHAPES: dict[str, WindowShape] = {s.kind: s for s in (band.SHAPE, nbhd.SHAPE)}
+SHAPES: dict[str, WindowShape] = {s.kind: s for s in (band.SHAPE, nbhd.SHAPE, tile.SHAPE)}
 KINDS = tuple(SHAPES)
 
 

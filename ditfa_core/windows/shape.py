@@ -10,6 +10,7 @@ and the exact pair count (FLOPs). Global tokens are composed on top by ``arrow``
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -107,6 +108,7 @@ class WindowShape:
             his.append(self.window(b[..., i], grid[i], radius[i], tile[i])[1])
         return torch.stack(los, -1), torch.stack(his, -1)
 
+    @functools.lru_cache(maxsize=1024)   # noqa: B019 (shapes are module-level singletons)
     def image_pairs(self, grid: Grid, radius: Grid, tile: Grid) -> int:
         """Exact number of visible (query, key) image pairs: the product of the axes' pair counts."""
         pairs = 1
@@ -115,6 +117,7 @@ class WindowShape:
             pairs *= int((hi - lo + 1).sum())
         return pairs
 
+    @functools.lru_cache(maxsize=1024)   # noqa: B019 (shapes are module-level singletons)
     def covers(self, grid: Grid, radius: Grid, tile: Grid) -> bool:
         """True when every image query sees every image key."""
         for size, r, tl in zip(grid, radius, tile, strict=True):

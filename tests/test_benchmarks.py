@@ -18,11 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # helpers sit next to 
 
 from comfy_host import require_comfyui
 
-from ditfa_core.benchmarks.__main__ import main
-from ditfa_core.benchmarks.e2e import PIXART_2K, synthesise_grid
 from ditfa_core.flops import plan_flops_fraction
 from ditfa_core.plan import Cost, ModelInfo, Plan
 from ditfa_core.strategies import Strategy
+from tools.benchmarks.__main__ import main
+from tools.benchmarks.e2e import PIXART_2K, synthesise_grid
 
 
 @pytest.fixture(autouse=True)

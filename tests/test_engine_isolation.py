@@ -21,12 +21,6 @@ ENGINE = ROOT / "ditfa_core"
 HOST = ("comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "server")
 """The host's top-level modules (ComfyUI 0.3.64 and 2026)."""
 
-_MOVING = pytest.mark.xfail(
-    strict=True, reason="benchmarks import the host inside functions; they move to tools/benchmarks "
-    "(issue 13, benchmarks branch): drop this mark at that merge")
-HOST_BOUND_NOW = {"ditfa_core.benchmarks.e2e", "ditfa_core.benchmarks.torch_compile"}
-"""Modules whose source names the host today (in function bodies, so importing them passes)."""
-
 _CHILD = """
 import importlib, importlib.abc, json, pkgutil, sys
 
@@ -106,9 +100,7 @@ def _host_names(tree: ast.AST) -> list[str]:
     return [n for n in names if n.partition(".")[0] in HOST]
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(name, marks=_MOVING) if name in HOST_BOUND_NOW else name for name in FILES]
-)
+@pytest.mark.parametrize("name", list(FILES))
 def test_source_names_no_host_module(name: str) -> None:
     found = sorted(set(_host_names(ast.parse(FILES[name].read_text(encoding="utf-8")))))
     assert not found, f"{name} imports the host ({', '.join(found)}): move that code to nodes/ or tools/"

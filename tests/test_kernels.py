@@ -18,6 +18,7 @@ from ditfa_core.kernels import (
     dense_attention,
     flex,
     select_backend,
+    tiled,
     tuning,
     windowed_attention,
 )
@@ -45,6 +46,12 @@ CASES = {
     "video+text": (TokenLayout(333, image_start=45, grid=(2, 12, 12)), WindowSpec("nbhd", radius=(1, 3, 5)),
                    1, 2, 64),
     "video-r0-axis": (TokenLayout(5 * 6 * 7, grid=(5, 6, 7)), WindowSpec("nbhd", radius=(0, 2, 3)), 1, 2, 16),
+    "tile-image": (TokenLayout(32 * 24, grid=(1, 32, 24)), WindowSpec("tile"), 2, 2, 64),
+    "tile-image+text": (TokenLayout(77 + 24 * 16, image_start=77, grid=(1, 24, 16)),
+                        WindowSpec("tile", radius=1), 1, 2, 40),
+    "tile-video+text": (TokenLayout(3 + 4 * 8 * 12 + 5, image_start=3, grid=(4, 8, 12)),
+                        WindowSpec("tile", radius=(0, 1, 1)), 1, 3, 32),
+    "tile-partial": (TokenLayout(23 * 19, grid=(1, 23, 19)), WindowSpec("tile", radius=1), 1, 2, 16),
 }
 
 
@@ -69,13 +76,16 @@ def assert_bf16_close(out: torch.Tensor, q, k, v, pattern: AttentionPattern) -> 
     assert err <= 1e-2, err
 
 
+SPECIFIC = {"banded": banded, "tiled": tiled}   # backends for some patterns only
+
+
 def _params(backends: list[str], cases=CASES):
     # Inductor itself trips torch.jit's deprecation warning while compiling flex.
     flex_marks = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
     marks = {"flex": flex_marks}
     return [pytest.param(b, c, id=f"{b}-{c}", marks=marks.get(b, []))
             for b in backends for c in cases if (b != "flex" or c in FLEX_CASES)
-            and (b != "banded" or banded.supports(pattern_of(c), CPU, torch.float32))]
+            and (b not in SPECIFIC or SPECIFIC[b].supports(pattern_of(c), CPU, torch.float32))]
 
 
 @pytest.mark.parametrize(("backend", "case"), _params(available_backends(CPU, torch.float32)))
@@ -88,7 +98,8 @@ def test_fp32_matches_fp64_reference(backend: str, case: str) -> None:
 
 
 @pytest.mark.parametrize(("backend", "case"),
-                         _params(available_backends(CPU, torch.float32), ["video+text", "band+text"]))
+                         _params(available_backends(CPU, torch.float32),
+                                 ["video+text", "band+text", "tile-image+text"]))
 def test_host_scale_is_honoured(backend: str, case: str) -> None:
     """ComfyUI 0.33+ may pass its own softmax ``scale``: every backend applies it, the dense kernel too."""
     q, k, v = qkv(case)
@@ -212,7 +223,9 @@ def test_cpu_selection_and_errors() -> None:
     assert select_backend(pattern_of("band"), "cpu", torch.float32) == "banded"
     assert select_backend(pattern_of("band-r0"), "cpu", torch.float32) == "blocked"
     assert select_backend(pattern_of("video+text"), CPU, torch.bfloat16) == "blocked"
-    assert available_backends("cpu", torch.float32)[:2] == ["banded", "blocked"]
+    assert select_backend(pattern_of("tile-image+text"), CPU, torch.float32) == "tiled"
+    assert select_backend(pattern_of("tile-partial"), CPU, torch.float32) == "blocked"
+    assert available_backends("cpu", torch.float32)[:3] == ["banded", "tiled", "blocked"]
     q, k, v = qkv("band")
     pattern = pattern_of("band")
     with pytest.raises(ValueError, match="unknown"):
@@ -229,7 +242,7 @@ def test_cpu_selection_and_errors() -> None:
 
 
 @pytest.mark.parametrize("case", ["band", "band+text-both-sides", "image+text-odd", "video+text",
-                                  "video-r0-axis"])
+                                  "video-r0-axis", "tile-image+text", "tile-partial"])
 def test_flex_block_mask_covers_exactly_the_dense_mask(case: str) -> None:
     """Blocks left out hold no visible pair, full blocks hold only visible pairs, and the mask_mod
     (in the kernel's token order) reproduces the dense mask; all checked without compiling."""
@@ -300,7 +313,7 @@ def test_cuda_fp32_backends_match_reference(case: str) -> None:
 
 
 def test_growth_study_smoke(tmp_path, capsys) -> None:
-    from ditfa_core.benchmarks.kernels import main
+    from tools.benchmarks.kernels import main
 
     out = tmp_path / "bench.json"
     main(["--tokens", "256", "576", "--heads", "1", "--head-dims", "16", "--dtypes", "fp32", "--threads", "1",

@@ -35,6 +35,10 @@ SPECS = [
     WindowSpec("nbhd", radius=(0, 2, 1)),
     WindowSpec("nbhd", radius=(2, 0, 3)),
     WindowSpec("nbhd", radius=(50, 50, 50)),
+    WindowSpec("tile"),
+    WindowSpec("tile", fraction=0.3),
+    WindowSpec("tile", radius=0),
+    WindowSpec("tile", radius=(1, 0, 2)),
 ]
 
 
@@ -51,6 +55,27 @@ def naive_mask(pattern: AttentionPattern) -> torch.Tensor:
     return mask
 
 
+def naive_tile_mask(pattern: AttentionPattern) -> torch.Tensor:
+    """The tile window written out pair by pair: whole tiles within R tiles, shifted inside the grid."""
+    layout = pattern.layout
+    n, start, end = layout.n_tokens, layout.image_start, layout.image_end
+    grid = pattern.grid
+
+    def tiles_seen(c: int, size: int, r: int, t: int) -> range:
+        n_tiles = -(-size // t)
+        k = min(2 * r + 1, n_tiles)
+        s = min(max(c // t - r, 0), n_tiles - k)
+        return range(s, s + k)
+
+    mask = torch.ones(n, n, dtype=torch.bool)
+    for i, j in itertools.product(range(start, end), repeat=2):
+        a = (i - start) // (grid[1] * grid[2]), (i - start) // grid[2] % grid[1], (i - start) % grid[2]
+        b = (j - start) // (grid[1] * grid[2]), (j - start) // grid[2] % grid[1], (j - start) % grid[2]
+        mask[i, j] = all(y // t in tiles_seen(x, size, r, t)
+                         for x, y, size, r, t in zip(a, b, grid, pattern.radius, pattern.tile, strict=True))
+    return mask
+
+
 @pytest.mark.parametrize("layout", LAYOUTS, ids=str)
 @pytest.mark.parametrize("spec", SPECS, ids=str)
 def test_pair_count_matches_dense_mask(layout: TokenLayout, spec: WindowSpec) -> None:
@@ -63,6 +88,41 @@ def test_pair_count_matches_dense_mask(layout: TokenLayout, spec: WindowSpec) ->
 def test_dense_mask_matches_pairwise_definition(layout: TokenLayout, spec: WindowSpec) -> None:
     pattern = spec.resolve(layout)
     assert torch.equal(pattern.dense_mask(), naive_mask(pattern))
+
+
+@pytest.mark.parametrize("layout", [LAYOUTS[3], LAYOUTS[6], LAYOUTS[7], LAYOUTS[9]], ids=str)
+@pytest.mark.parametrize("tile", [(1, 2, 3), (2, 1, 4), (1, 1, 5)], ids=str)
+@pytest.mark.parametrize("radius", [(0, 0, 0), (1, 1, 1), (0, 1, 2)], ids=str)
+def test_tile_mask_matches_pairwise_definition(layout: TokenLayout, tile, radius) -> None:
+    """Partial tiles at the far borders included (the grids here are not multiples of the tiles)."""
+    pattern = AttentionPattern(layout, "tile", radius, tile)
+    assert torch.equal(pattern.dense_mask(), naive_tile_mask(pattern))
+    assert pattern.pair_count() == int(naive_tile_mask(pattern).sum())
+
+
+def test_tile_window_is_whole_tiles_and_equal_size_inside_the_grid() -> None:
+    pattern = WindowSpec("tile").resolve(TokenLayout(64 * 64, grid=(1, 64, 64)))
+    assert pattern.tile == (1, 8, 8) and pattern.radius == (0, 1, 1)
+    mask = pattern.dense_mask()
+    assert bool((mask.sum(1) == 24 * 24).all())   # every query sees 3 x 3 tiles, borders included
+    tile_of = (torch.arange(4096) // 64 // 8) * 8 + torch.arange(4096) % 64 // 8
+    same_tile = tile_of[:, None] == tile_of[None]
+    assert bool((mask[same_tile.nonzero()[:, 0]] == mask[same_tile.nonzero()[:, 1]]).all())
+
+
+@pytest.mark.parametrize("spec", [WindowSpec("nbhd", radius=(1, 2, 3)), WindowSpec("tile", radius=1)],
+                         ids=str)
+def test_key_box_covers_exactly_what_a_query_box_sees(spec: WindowSpec) -> None:
+    pattern = spec.resolve(TokenLayout(3 * 10 * 12, grid=(3, 10, 12)))
+    idx = torch.arange(pattern.layout.n_tokens)
+    coords = torch.stack([idx // 120, idx // 12 % 10, idx % 12], -1)
+
+    def inside(a: tuple[int, ...], b: tuple[int, ...]) -> torch.Tensor:
+        return ((coords >= torch.tensor(a)) & (coords < torch.tensor(b))).all(-1)
+
+    lo, hi = (0, 2, 5), (2, 5, 9)
+    seen = pattern.dense_mask()[inside(lo, hi)].any(0)
+    assert torch.equal(seen, inside(*pattern.key_box(lo, hi)))
 
 
 def test_global_tokens_are_full_rows_and_columns() -> None:
@@ -148,6 +208,8 @@ def test_is_full_iff_mask_is_all_true(layout: TokenLayout) -> None:
         lambda: AttentionPattern(TokenLayout(10), "band", (0, 0, -1)),
         lambda: AttentionPattern(TokenLayout(10), "band", (1, 0, 2)),
         lambda: AttentionPattern(TokenLayout(10), "diagonal", (0, 0, 2)),
+        lambda: AttentionPattern(TokenLayout(10), "nbhd", (0, 0, 2), (1, 1, 2)),
+        lambda: AttentionPattern(TokenLayout(10), "tile", (0, 0, 2), (1, 1, 0)),
     ],
 )
 def test_invalid_inputs_raise_value_error(make) -> None:

@@ -15,7 +15,7 @@ passes its spare seconds on; one that overruns is killed and the rows it wrote s
 2. ``table2``: the paper's Table 2 shape (16 heads x 72, bf16) at N = 4096, 16384, 32768: every window
    backend against dense attention, then every strategy through the engine.
 3. ``e2e_pixart_2k``, ``e2e_flux_1k``, ``e2e_flux_2k``: end to end through the real host with random
-   weights (``ditfa_core.benchmarks.e2e``): unpatched, all-FULL, a plan at the paper's D6 FLOPs,
+   weights (``tools.benchmarks.e2e``): unpatched, all-FULL, a plan at the paper's D6 FLOPs,
    EasyCache, and EasyCache with the plan, interleaved, medians with ranges.
 
 Writes ``DIR/<section>.json`` as it goes and ``DIR/gpu_check.json`` at the end (DIR: ``--out``, else
@@ -130,8 +130,8 @@ def table2(args: argparse.Namespace, rec: Recorder) -> None:
     """Window kernels vs dense, then the strategies through the engine, one (N, D) at a time."""
     import torch
 
-    from ditfa_core.benchmarks import kernels
     from ditfa_core.kernels import available_backends
+    from tools.benchmarks import kernels
 
     cfg = TABLE2["dry" if args.dry_run else "gpu"]
     device = torch.device("cpu" if args.dry_run else "cuda")
@@ -162,7 +162,7 @@ def e2e(args: argparse.Namespace, rec: Recorder) -> None:
     """One model through the real host (the section name picks it), within the section's time."""
     import torch
 
-    from ditfa_core.benchmarks import e2e as bench
+    from tools.benchmarks import e2e as bench
 
     gpu_name, dry_name = E2E_MODELS[args.section]
     name = dry_name if args.dry_run else gpu_name
@@ -218,7 +218,7 @@ def preflight(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
-    from ditfa_core.benchmarks.common import environment
+    from tools.benchmarks.common import environment
 
     sys.path.insert(0, str(REPO_ROOT / "tests"))
     from comfy_host import MINIMAL_DEPS, find_comfyui, is_comfyui_checkout
@@ -285,9 +285,9 @@ def run_child(section: Section, limit: float, args: argparse.Namespace, env: dic
 
 def summary(report: dict[str, Any]) -> str:
     """Markdown: machine, section status, test outcomes, the Table 2 rows and the e2e rows."""
-    from ditfa_core.benchmarks import e2e as bench
-    from ditfa_core.benchmarks import kernels
-    from ditfa_core.benchmarks.common import markdown_table
+    from tools.benchmarks import e2e as bench
+    from tools.benchmarks import kernels
+    from tools.benchmarks.common import markdown_table
 
     pre, sections = report["preflight"], report["sections"]
     env = pre["environment"]

@@ -9,6 +9,8 @@ it; full heads go to dense SDPA. Backends, best first:
 - ``flex``: compiled FlexAttention with an analytic BlockMask (any pattern; automatic on CUDA only,
   since compiling on CPU takes seconds per shape and is slower than ``blocked`` there);
 - ``banded``: one batched CPU SDPA call over every band tile's key box (CPU bands);
+- ``tiled``: tile windows as batched unmasked SDPA over whole key tiles, tokens reordered tile-major
+  (CPU ``tile`` patterns);
 - ``blocked``: loops of fused SDPA over query tiles and their key boxes (any pattern, any device).
 
 With ``backend="auto"`` the kernel (and its tile size) is measured once per device, dtype, pattern and
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..windows import AttentionPattern
-from . import banded, blocked, flash, flex, tuning
+from . import banded, blocked, flash, flex, tiled, tuning
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ _BACKENDS: dict[str, _Backend] = {
                             flash.torch_flash_attention),
     "flex": _Backend(flex.available, flex.supports, flex.attention, automatic_on_cpu=False),
     "banded": _Backend(banded.available, banded.supports, banded.attention),
+    "tiled": _Backend(tiled.available, tiled.supports, tiled.attention),
     "blocked": _Backend(blocked.available, blocked.supports, blocked.attention),
 }
 

@@ -22,7 +22,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from ..windows import AttentionPattern
+from ..windows import AttentionPattern, band
 
 DEFAULT_TILE = 64
 # Below this radius the band is too narrow for its own call to pay (blocked handles it).
@@ -40,7 +40,7 @@ def supports(pattern: AttentionPattern, device: torch.device, dtype: torch.dtype
     return available(device, dtype) and pattern.kind == "band" and r >= MIN_RADIUS and n_img > 2 * r
 
 
-def _sdpa_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+def sdpa_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
               scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(output, log-sum-exp in float32) of the CPU flash kernel; ``mask`` is additive, q's dtype."""
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=mask,
@@ -59,9 +59,10 @@ def _windows(x: torch.Tensor, first: int, n_tiles: int, tile: int, length: int) 
 @functools.lru_cache(maxsize=64)
 def _box_mask(tile: int, radius: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """(tile, tile + 2 radius) additive mask of a band inside one tile's key box."""
-    i = torch.arange(tile)[:, None]
-    j = torch.arange(tile + 2 * radius)[None, :] - radius
-    return torch.zeros(tile, tile + 2 * radius, dtype=dtype).masked_fill((j - i).abs() > radius,
+    # Query i of the tile sits at position i + radius of its box.
+    lo, hi = band.window(torch.arange(tile)[:, None] + radius, tile + 2 * radius, radius, 1)
+    j = torch.arange(tile + 2 * radius)[None, :]
+    return torch.zeros(tile, tile + 2 * radius, dtype=dtype).masked_fill((j < lo) | (j > hi),
                                                                          float("-inf")).to(device)
 
 
@@ -80,20 +81,20 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Attent
     first, last = r, r + n_tiles * t              # the interior queries, image-local
     qi, ki, vi = (x[:, :, start:end].contiguous() for x in (q, k, v))
     box = (first - r, n_tiles, t, t + 2 * r)
-    parts = [_sdpa_lse(_windows(qi, first, n_tiles, t, t), _windows(ki, *box), _windows(vi, *box),
+    parts = [sdpa_lse(_windows(qi, first, n_tiles, t, t), _windows(ki, *box), _windows(vi, *box),
                        _box_mask(t, r, q.dtype, q.device), scale)]
     if layout.n_global:
         g = torch.cat([torch.arange(0, start), torch.arange(end, n)]).to(q.device)
         kg, vg = (x.index_select(2, g).reshape(b * h, 1, -1, d) for x in (k, v))
-        o, lse = _sdpa_lse(qi[:, :, first:last].reshape(b * h, 1, -1, d), kg, vg, scale=scale)
+        o, lse = sdpa_lse(qi[:, :, first:last].reshape(b * h, 1, -1, d), kg, vg, scale=scale)
         parts.append((o.view(b * h, n_tiles, t, d), lse.view(b * h, n_tiles, t)))
     out = torch.empty_like(q)
-    out[:, :, start + first:start + last] = _merge(parts).view(b, h, last - first, d)
+    out[:, :, start + first:start + last] = merge(parts).view(b, h, last - first, d)
     _borders(q, k, v, pattern, out, first, last, scale)
     return out
 
 
-def _merge(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+def merge(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """Softmax over the union of the parts' keys, from each part's output and log-sum-exp."""
     if len(parts) == 1:
         return parts[0][0]
@@ -108,13 +109,14 @@ def _borders(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Attenti
              out: torch.Tensor, first: int, last: int, scale: float | None) -> None:
     """The clipped windows at both ends of the image and the global queries, as masked boxes."""
     layout = pattern.layout
-    n, start, end, r = layout.n_tokens, layout.image_start, layout.image_end, pattern.radius[2]
+    n, start, end = layout.n_tokens, layout.image_start, layout.image_end
     g = torch.cat([torch.arange(0, start), torch.arange(end, n)])
     for lo, hi in ((0, first), (last, end - start)):
         if hi <= lo:
             continue
         q_idx = torch.arange(start + lo, start + hi)
-        kv_idx = torch.cat([g, torch.arange(start + max(0, lo - r), start + min(end - start, hi + r))])
+        (_, _, box_lo), (_, _, box_hi) = pattern.key_box((0, 0, lo), (1, 1, hi))
+        kv_idx = torch.cat([g, torch.arange(start + box_lo, start + box_hi)])
         mask = pattern.visible(q_idx[:, None], kv_idx[None, :]).to(q.device)
         kv = kv_idx.to(q.device)
         out[:, :, start + lo:start + hi] = F.scaled_dot_product_attention(

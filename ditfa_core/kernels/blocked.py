@@ -1,10 +1,11 @@
 """Blocked SDPA: the exact, FLOP-saving window attention that runs anywhere (the CPU path).
 
 The image grid is cut into query tiles; each tile runs one fused SDPA over the key box its window
-can reach (the tile grown by the radius, clipped at the borders) plus the global keys, with a small
-mask for the box's corners. Global queries run one full SDPA over all keys. Such a loop beat one
-batched "unfold" call (kernels.md §5: up to 4x; here 1.5x on one thread) and a dense mask, though its
-many short parallel regions suffer more when the CPU is oversubscribed by other processes.
+can reach (``AttentionPattern.key_box``: for a neighbourhood the tile grown by the radius, clipped at
+the borders) plus the global keys, with a small mask for the box's corners. Global queries run one
+full SDPA over all keys. Such a loop beat one batched "unfold" call (kernels.md §5: up to 4x; here 1.5x
+on one thread) and a dense mask, though its many short parallel regions suffer more when the CPU is
+oversubscribed by other processes.
 
 Everything that depends only on the pattern (tile slices, gather indices, masks) is built once and
 cached, so a call is just the loop of SDPAs.
@@ -96,13 +97,13 @@ def _plan(pattern: AttentionPattern, device: torch.device, block: int) -> tuple[
     calls = []
     if global_idx.numel():
         calls.append(_Call(_selection(global_idx, device), slice(0, n), None))
-    grid, radius = pattern.grid, pattern.radius
-    tiles = tile_shape(grid, radius, block)
+    grid = pattern.grid
+    # A tiled shape's own tiles see whole key tiles: no pair in vain and no mask.
+    tiles = pattern.tile if pattern.shape.tiled else tile_shape(grid, pattern.radius, block)
     masks: dict[tuple, torch.Tensor | None] = {}
     for lo in itertools.product(*(range(0, s, t) for s, t in zip(grid, tiles, strict=True))):
         hi = tuple(min(a + t, s) for a, t, s in zip(lo, tiles, grid, strict=True))
-        box_lo = tuple(max(0, a - r) for a, r in zip(lo, radius, strict=True))
-        box_hi = tuple(min(s, b + r) for b, r, s in zip(hi, radius, grid, strict=True))
+        box_lo, box_hi = pattern.key_box(lo, hi)
         q_idx = start + _raster(lo, hi, grid)
         kv_idx = torch.cat([global_idx, start + _raster(box_lo, box_hi, grid)])
         # Tiles with the same extents and the same box around them have the same mask.

@@ -5,10 +5,11 @@ tokens, hundreds of GiB at 100k with per-head masks), whereas block bounds follo
 coordinates in O(N + blocks^2). Why compiled: eager flex_attention materialises the full score
 matrix, and hitting the recompile limit silently falls back to it, so the limit is raised.
 
-Bands get a mask_mod of their own, ``|q - kv| <= r``: the shared ``visible`` decodes grid coordinates
-with integer division on every element of every partial block, which made this path slower than a
-plain compiled Flex call (CPU, N = 4096, 1 thread: latency fraction 0.40 against 0.27; with the band
-mask_mod 0.24). The block-mask test checks both against the dense mask.
+The mask_mod is the pattern's own mask function (``AttentionPattern.mask_fn``); the band's is
+``|q - kv| <= r``: decoding grid coordinates with integer division on every element of every partial
+block made this path slower than a plain compiled Flex call (CPU, N = 4096, 1 thread: latency fraction
+0.40 against 0.27; with the band mask 0.24). The block bounds come from the shape's key boxes
+(``WindowShape.reach`` and ``common``). The block-mask test checks both against the dense mask.
 
 Neighbourhood windows permute image tokens tile-major first (NATTEN's token permutation): a raster
 block of 128 tokens spans whole rows and touches far more key blocks than a compact 2-D/3-D tile.
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
-from ..windows import AttentionPattern, visible
+from ..windows import AttentionPattern, arrow
 
 logger = logging.getLogger(__name__)
 
@@ -101,34 +102,18 @@ def block_mask(pattern: AttentionPattern, device: torch.device) -> FlexMask:
 
     table = table.to(device)
     params = torch.tensor(pattern.mask_params(), device=device)
+    visible = pattern.mask_fn
     identity = torch.equal(perm, torch.arange(n))
 
-    def raster_mask_mod(b, h, q_idx, kv_idx):
+    def mask_mod(b, h, q_idx, kv_idx):
         return visible(q_idx, kv_idx, *params.unbind())
-
-    radius, start, end = (torch.tensor(x, device=device) for x in
-                          (pattern.radius[2], pattern.layout.image_start, pattern.layout.image_end))
-
-    def band_mask_mod(b, h, q_idx, kv_idx):
-        return (q_idx - kv_idx).abs() <= radius
-
-    def band_global_mask_mod(b, h, q_idx, kv_idx):
-        q_img = (q_idx >= start) & (q_idx < end)
-        kv_img = (kv_idx >= start) & (kv_idx < end)
-        return ~q_img | ~kv_img | ((q_idx - kv_idx).abs() <= radius)
 
     def permuted_mask_mod(b, h, q_idx, kv_idx):
         return visible(table[q_idx], table[kv_idx], *params.unbind())
 
-    if not identity:
-        mask_mod = permuted_mask_mod
-    elif pattern.kind == "band":
-        mask_mod = band_global_mask_mod if pattern.layout.n_global else band_mask_mod
-    else:
-        mask_mod = raster_mask_mod
     mask = BlockMask.from_kv_blocks(
         kv_num.to(device), kv_indices.to(device), full_num.to(device), full_indices.to(device),
-        BLOCK_SIZE=BLOCK, mask_mod=mask_mod, seq_lengths=(n, n))
+        BLOCK_SIZE=BLOCK, mask_mod=mask_mod if identity else permuted_mask_mod, seq_lengths=(n, n))
     logger.debug("flex block mask for %s: %.1f%% partial, %.1f%% full blocks", pattern,
                  100 * partial.float().mean(), 100 * all_pairs.float().mean())
     return FlexMask(mask, None if identity else perm.to(device))
@@ -163,7 +148,7 @@ def _permutation(pattern: AttentionPattern) -> torch.Tensor:
     layout = pattern.layout
     start, end, n = layout.image_start, layout.image_end, layout.n_tokens
     grid = pattern.grid
-    tiles = tile_shape(grid, pattern.radius)
+    tiles = pattern.tile if pattern.shape.tiled else tile_shape(grid, pattern.radius)
     coords = _coords(torch.arange(layout.n_image), grid)
     tile_of = [c // t for c, t in zip(coords, tiles, strict=True)]
     within = [c % t for c, t in zip(coords, tiles, strict=True)]
@@ -185,7 +170,7 @@ def _block_bounds(pattern: AttentionPattern, table: torch.Tensor,
     """(QB, KB) 'some pair visible' and 'every pair visible', from per-block coordinate boxes.
 
     Conservative in the safe direction: 'some' may over-approximate (the mask_mod then masks the
-    block), 'every' never does. Exact for bands, and for neighbourhood tiles that are boxes.
+    block), 'every' never does. Exact when every block's image tokens form a box of the grid.
     """
     layout = pattern.layout
     start, end, n = layout.image_start, layout.image_end, layout.n_tokens
@@ -197,13 +182,12 @@ def _block_bounds(pattern: AttentionPattern, table: torch.Tensor,
     lo = torch.where(is_img, coords, big).amin(1)
     hi = torch.where(is_img, coords, -big).amax(1)
     has_img = is_img.any(1).squeeze(-1)
+    lo, hi = lo.where(has_img[:, None], 0), hi.where(has_img[:, None], 0)   # blocks without image tokens
     has_global = (real & ~is_img.reshape(-1)).reshape(n_blocks, BLOCK).any(1)
-    radius = torch.tensor(pattern.radius)
-    gap = (lo[None, :] - hi[:, None]).clamp(min=0) + (lo[:, None] - hi[None, :]).clamp(min=0)
-    spread = torch.maximum(hi[None, :] - lo[:, None], hi[:, None] - lo[None, :])
-    near = (gap <= radius).all(-1)
-    within = (spread <= radius).all(-1)
-    both_img = has_img[:, None] & has_img[None, :]
-    any_pair = has_global[:, None] | has_global[None, :] | (both_img & near)
-    all_pairs = ~both_img | within
-    return any_pair, all_pairs
+    window = pattern.shape
+    args = (pattern.grid, pattern.radius, pattern.tile)
+    reach_lo, reach_hi = window.reach(lo, hi, *args)
+    common_lo, common_hi = window.common(lo, hi, *args)
+    image_any = ((lo[None, :] <= reach_hi[:, None]) & (hi[None, :] >= reach_lo[:, None])).all(-1)
+    image_all = ((lo[None, :] >= common_lo[:, None]) & (hi[None, :] <= common_hi[:, None])).all(-1)
+    return arrow.block_bounds(has_img, has_global, image_any, image_all)

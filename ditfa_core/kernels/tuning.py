@@ -106,11 +106,13 @@ def device_name(device: torch.device) -> str:
 
 
 def shape_key(pattern: AttentionPattern, q: torch.Tensor) -> str:
-    """Device (with CPU thread count), torch, dtype, the pattern (N, grid, radius, global tokens), D."""
+    """Device (with CPU thread count), torch, dtype, the pattern (N, grid, radius, tile, global tokens), D."""
     layout = pattern.layout
     return (f"{device_name(q.device)}|torch{torch.__version__}|{str(q.dtype).removeprefix('torch.')}|"
             f"{pattern.kind}|n{layout.n_tokens}|img{layout.image_start}+{layout.n_image}|"
-            f"grid{'x'.join(map(str, pattern.grid))}|r{'x'.join(map(str, pattern.radius))}|d{q.shape[-1]}")
+            f"grid{'x'.join(map(str, pattern.grid))}|r{'x'.join(map(str, pattern.radius))}"
+            + ("" if pattern.tile == (1, 1, 1) else f"|tile{'x'.join(map(str, pattern.tile))}")
+            + f"|d{q.shape[-1]}")
 
 
 def _load(path: Path) -> dict[str, str]:

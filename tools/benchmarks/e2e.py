@@ -38,9 +38,10 @@ from typing import Any
 
 import torch
 
-from ..flops import plan_flops_fraction
-from ..strategies import Strategy
-from ..windows import TokenLayout, WindowSpec
+from ditfa_core.flops import plan_flops_fraction
+from ditfa_core.strategies import Strategy
+from ditfa_core.windows import TokenLayout, WindowSpec
+
 from .common import markdown_table
 
 log = logging.getLogger(__name__)

@@ -9,10 +9,10 @@ Growth with size on the CPU (latency fraction and latency/FLOPs for band and nei
 at each N, head dim, dtype and thread count, the automatic kernel beside ``blocked``, timed round-robin
 with dense SDPA; then the fitted exponent of time vs N):
 
-    python -m ditfa_core.benchmarks.kernels [--quick] [--tokens 1024 4096 16384 32768]
+    python -m tools.benchmarks.kernels [--quick] [--tokens 1024 4096 16384 32768]
         [--head-dims 64 128] [--dtypes fp32 bf16] [--threads 1 2] [--kinds band nbhd] [--json out.json]
 
-Both tables over head dims 64/72/128 (the ``kernels`` suite): ``python -m ditfa_core.benchmarks kernels``.
+Both tables over head dims 64/72/128 (the ``kernels`` suite): ``python -m tools.benchmarks kernels``.
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ from collections.abc import Callable
 
 import torch
 
-from ..context import COND_UNCOND, CallContext
-from ..engine import FastAttention
-from ..kernels import auto_choice, available_backends, dense_attention, windowed_attention
-from ..schedule import Schedule
-from ..strategies import Strategy
-from ..windows import AttentionPattern, TokenLayout, WindowSpec
+from ditfa_core.context import COND_UNCOND, CallContext
+from ditfa_core.engine import FastAttention
+from ditfa_core.kernels import auto_choice, available_backends, dense_attention, windowed_attention
+from ditfa_core.schedule import Schedule
+from ditfa_core.strategies import Strategy
+from ditfa_core.windows import KINDS, AttentionPattern, TokenLayout, WindowSpec
+
 from .common import cpu_name, markdown_table
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ def strategy_rows(n: int, head_dim: int, args: argparse.Namespace, device: torch
     return rows
 
 
-# -- the ``kernels`` suite of ``python -m ditfa_core.benchmarks`` --------------------------------------
+# -- the ``kernels`` suite of ``python -m tools.benchmarks`` --------------------------------------
 
 VIDEO_TOKENS = math.prod(VIDEO_GRID)
 
@@ -240,7 +241,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                         help="auto: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--fraction", type=float, default=1 / 8, help="window area / image tokens")
-    parser.add_argument("--kinds", nargs="+", default=["band", "nbhd"], choices=["band", "nbhd"])
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
     parser.add_argument("--backends", nargs="+",
                         help="window backends, or 'all' available (default: what backend='auto' picks)")
     parser.add_argument("--repeats", type=int, default=20, help="most measured runs per timing")
@@ -281,7 +282,7 @@ def run_suite(args: argparse.Namespace, device: torch.device) -> dict:
             "window_rows": window_rows, "strategy_rows": rows}
 
 
-# -- the growth study: ``python -m ditfa_core.benchmarks.kernels`` ------------------------------------
+# -- the growth study: ``python -m tools.benchmarks.kernels`` ------------------------------------
 
 
 def load_average() -> float | None:
@@ -316,12 +317,18 @@ def growth_rows(n: int, d: int, dtype_name: str, threads: int, args: argparse.Na
         flops = patterns[kind].pair_count() / n**2
         rows.append({"tokens": n, "head_dim": d, "dtype": dtype_name, "threads": threads, "kind": kind,
                      "backend": f"auto={chosen[kind]}" if backend == "auto" else backend,
-                     "radius": "x".join(map(str, patterns[kind].radius)), "full_ms": ms["dense"],
+                     "radius": window_size(patterns[kind]), "full_ms": ms["dense"],
                      "window_ms": window_ms, "flops_fraction": flops,
                      "latency_fraction": window_ms / ms["dense"],
                      "latency_per_flops": window_ms / ms["dense"] / flops, "repeats": repeats,
                      "load": load_average()})
     return rows
+
+
+def window_size(pattern: AttentionPattern) -> str:
+    """The radius per axis, and the tile of a tile window (its radius counts tiles)."""
+    tile = "" if pattern.tile == (1, 1, 1) else f" of tiles {'x'.join(map(str, pattern.tile))}"
+    return "x".join(map(str, pattern.radius)) + tile
 
 
 def exponents(rows: list[dict]) -> list[dict]:
@@ -366,7 +373,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--fraction", type=float, default=1 / 8)
-    parser.add_argument("--kinds", nargs="+", default=["band", "nbhd"], choices=["band", "nbhd"])
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
     parser.add_argument("--compare", nargs="*", default=["blocked"],
                         help="kernels timed beside the automatic choice")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (halved from --long tokens)")

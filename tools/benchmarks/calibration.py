@@ -15,11 +15,12 @@ from typing import Any
 
 import torch
 
-from ..flops import plan_flops_fraction
-from ..reference import DIT_FILE, WEIGHTS_DIR, DiT, DiTConfig, load_dit
-from ..reference.fastattn import calibrate, generate, token_layout
-from ..search import SEARCHES
-from ..windows import WindowSpec
+from ditfa_core.flops import plan_flops_fraction
+from ditfa_core.reference import DIT_FILE, WEIGHTS_DIR, DiT, DiTConfig, load_dit
+from ditfa_core.reference.fastattn import calibrate, generate, token_layout
+from ditfa_core.search import SEARCHES
+from ditfa_core.windows import WindowSpec
+
 from .common import markdown_table
 
 SMOKE = {"model": "tiny", "steps": 4, "batch": 2, "gen_repeats": 1}

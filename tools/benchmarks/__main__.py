@@ -1,9 +1,9 @@
-"""``python -m ditfa_core.benchmarks <kernels|e2e|calibration|compile> [--smoke] [--device auto|cpu|cuda]
+"""``python -m tools.benchmarks <kernels|e2e|calibration|compile> [--smoke] [--device auto|cpu|cuda]
 [--threads N] [--json PATH] [suite options]``: prints markdown tables, writes every setting and the
 machine description with the results as JSON. ``--smoke`` is the CPU/CI size of a suite (it checks
 that the suite runs; its timings mean little). ``<suite> --help`` lists a suite's options.
 
-``python -m ditfa_core.benchmarks all [--smoke] [--out DIR]`` runs every suite in its default (GPU)
+``python -m tools.benchmarks all [--smoke] [--out DIR]`` runs every suite in its default (GPU)
 configuration, the kernels with the video length too, one JSON per suite in DIR; e2e and compile are
 skipped with the reason when ComfyUI is not found.
 """
@@ -24,7 +24,7 @@ SUITES = {"kernels": kernels, "e2e": e2e, "calibration": calibration, "compile":
 
 def build_parser(smoke: str | None = None) -> argparse.ArgumentParser:
     """The parser; with ``smoke`` naming a suite, that suite's defaults are its smoke configuration."""
-    parser = argparse.ArgumentParser(prog="python -m ditfa_core.benchmarks", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.benchmarks", description=__doc__)
     subs = parser.add_subparsers(dest="suite", required=True)
     for name, module in SUITES.items():
         sub = subs.add_parser(name, help=(module.__doc__ or "").split("\n\n")[0].replace("\n", " "))
@@ -39,7 +39,7 @@ def build_parser(smoke: str | None = None) -> argparse.ArgumentParser:
 
 
 def run_all(argv: list[str]) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m ditfa_core.benchmarks all")
+    parser = argparse.ArgumentParser(prog="python -m tools.benchmarks all")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int)

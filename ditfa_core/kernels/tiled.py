@@ -1,0 +1,147 @@
+"""Tiled SDPA: the ``tile`` window as batched, unmasked SDPA over whole key tiles (the CPU path).
+
+Image tokens are reordered tile by tile (each tile of the grid becomes a contiguous run, the layout of
+Sliding Tile Attention and NATTEN's token permutation); each query tile's window is then a fixed number
+of whole key tiles, gathered once per call into a (B*H, tiles, keys, D) tensor, so every query tile runs
+in ONE SDPA call over exactly the pairs its window admits: no mask, no pair in vain, one parallel region
+per chunk of tiles instead of one per tile. Global tokens (text) are a second call that every image
+query makes, merged with the first through both calls' log-sum-exp (as in ``banded``); global queries
+run one dense SDPA. Then the order is undone.
+
+Why not the per-token ``nbhd`` box the same way: each of its query tiles needs its whole key box (the
+tile grown by the radius), 1.6-1.9x the window's pairs, each pair masked; that measured lat/FLOPs
+2.4-3.7 on the CPU (docs/benchmarks.md). CPU only, like ``banded``: it needs the CPU flash kernel's
+log-sum-exp. Needs whole tiles (the tile divides the grid); ``blocked`` runs the other tile patterns.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import threading
+
+import torch
+import torch.nn.functional as F
+
+from ..windows import AttentionPattern
+from .banded import merge, sdpa_lse
+
+# Gathered keys and values per SDPA call: small enough to stay in cache between the gather and the SDPA
+# that reads them (at N = 16384, 4 heads, D = 64, fp32 the whole gather would be 0.8 GiB each for K and
+# V); measured at N = 4096 on 1 thread: 0.25-1 MiB within noise, 4 MiB 12% slower, 16 MiB 35%.
+CHUNK_BYTES = 1 << 20
+
+_workspace = threading.local()
+
+
+def _buffer(role: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A reused per-thread buffer. Why: a fresh tensor of megabytes is fresh pages from the OS, and
+    faulting them in cost more than the copies written into them (CPU, 36 MiB: 24 ms fresh, 3 ms
+    reused). One buffer per role is kept, replaced when the shape or dtype changes."""
+    store = _workspace.__dict__
+    buf = store.get(role)
+    if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+        buf = store[role] = torch.empty(shape, dtype=like.dtype, device=like.device)
+    return buf
+
+
+def available(device: torch.device, dtype: torch.dtype) -> bool:
+    """CPU only: it needs the CPU flash kernel's log-sum-exp output."""
+    return device.type == "cpu" and dtype in (torch.float32, torch.bfloat16, torch.float16)
+
+
+def supports(pattern: AttentionPattern, device: torch.device, dtype: torch.dtype) -> bool:
+    """Tile patterns whose tiles divide the grid (every tile whole)."""
+    return (available(device, dtype) and pattern.kind == "tile" and pattern.layout.n_image > 0
+            and all(s % t == 0 for s, t in zip(pattern.grid, pattern.tile, strict=True)))
+
+
+def _tile_view(x: torch.Tensor, grid: tuple[int, ...], tile: tuple[int, ...]) -> torch.Tensor:
+    """(B, H, n_image, D) in raster order, viewed as (nt, nh, nw, tt, th, tw, B*H, D)."""
+    b, h, _, d = x.shape
+    (nt, nh, nw), (tt, th, tw) = (tuple(s // t for s, t in zip(grid, tile, strict=True)), tile)
+    return x.reshape(b * h, nt, tt, nh, th, nw, tw, d).permute(1, 3, 5, 2, 4, 6, 0, 7)
+
+
+def to_tiles(x: torch.Tensor, grid: tuple[int, ...], tile: tuple[int, ...], role: str) -> torch.Tensor:
+    """(B, H, n_image, D) in raster order -> (tiles, tokens per tile, B*H, D), tiles in raster order,
+    copied into the workspace buffer ``role``.
+
+    Token-major with the heads inside: a tile is one contiguous block of memory, so gathering key tiles
+    is a copy of whole blocks, and (tiles, keys, B*H, D) transposed is the (batch, heads, keys, D)
+    layout SDPA reads in place.
+    """
+    view = _tile_view(x, grid, tile)
+    n_tiles, per_tile = math.prod(view.shape[:3]), math.prod(view.shape[3:6])
+    buf = _buffer(role, (n_tiles, per_tile, *view.shape[6:]), x)
+    buf.view(view.shape).copy_(view)
+    return buf
+
+
+def from_tiles(x: torch.Tensor, out: torch.Tensor, grid: tuple[int, ...], tile: tuple[int, ...]) -> None:
+    """The inverse of ``to_tiles``: (tiles, tokens per tile, B*H, D) written into out (B, H, n_image, D)."""
+    view = _tile_view(out, grid, tile)
+    view.copy_(x.view(view.shape))
+
+
+@functools.lru_cache(maxsize=64)
+def key_tiles(pattern: AttentionPattern) -> torch.Tensor:
+    """(tiles, window tiles) int64: the key tiles each query tile sees, from the shape's axis window."""
+    grid, tile, radius = pattern.grid, pattern.tile, pattern.radius
+    n_tiles = [s // t for s, t in zip(grid, tile, strict=True)]
+    per_axis = []
+    for size, t, r, n in zip(grid, tile, radius, n_tiles, strict=True):
+        lo, hi = pattern.shape.window(torch.arange(n) * t, size, r, t)
+        first, count = lo // t, (hi + 1 - lo) // t
+        per_axis.append(first[:, None] + torch.arange(int(count[0]))[None, :])
+    rows = []
+    for a in itertools.product(*(range(n) for n in n_tiles)):
+        window = itertools.product(*(per_axis[i][a[i]].tolist() for i in range(3)))
+        rows.append([(x * n_tiles[1] + y) * n_tiles[2] + z for x, y, z in window])
+    return torch.tensor(rows)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: AttentionPattern,
+              scale: float | None = None) -> torch.Tensor:
+    """Tile-window attention of (B, H, N, D) tensors (``scale`` as SDPA's)."""
+    if not supports(pattern, q.device, q.dtype):
+        raise ValueError(f"tiled attention cannot run {pattern} on {q.device} with {q.dtype}")
+    layout = pattern.layout
+    b, h, n, d = q.shape
+    start, end, grid, tile = layout.image_start, layout.image_end, pattern.grid, pattern.tile
+    qt, kt, vt = (to_tiles(x[:, :, start:end], grid, tile, role) for role, x in zip("qkv", (q, k, v),
+                                                                                    strict=True))
+    idx = key_tiles(pattern).to(q.device)
+    n_tiles, per_tile = qt.shape[:2]
+    keys = idx.shape[1] * per_tile
+    chunk = max(1, CHUNK_BYTES // (2 * b * h * keys * d * q.element_size()))
+    out = _buffer("out", qt.shape, qt)
+    lse = _buffer("lse", (n_tiles, per_tile, b * h), torch.empty(0)) if layout.n_global else None
+    gathered = {role: _buffer(role, (chunk * idx.shape[1], *kt.shape[1:]), kt) for role in ("kg", "vg")}
+    for lo in range(0, n_tiles, chunk):
+        hi = min(lo + chunk, n_tiles)
+        sel = idx[lo:hi].reshape(-1)
+        kg, vg = (torch.index_select(x, 0, sel, out=gathered[role][:sel.numel()])
+                  .view(hi - lo, keys, b * h, d).transpose(1, 2) for x, role in ((kt, "kg"), (vt, "vg")))
+        qc = qt[lo:hi].transpose(1, 2)
+        if lse is None:
+            out[lo:hi] = F.scaled_dot_product_attention(qc, kg, vg, scale=scale).transpose(1, 2)
+        else:
+            o, l_ = sdpa_lse(qc, kg, vg, scale=scale)
+            out[lo:hi], lse[lo:hi] = o.transpose(1, 2), l_.transpose(1, 2)
+    result = torch.empty_like(q)
+    if layout.n_global:
+        g = torch.cat([torch.arange(0, start), torch.arange(end, n)]).to(q.device)
+        kg, vg = (x.index_select(2, g).reshape(b * h, 1, -1, d) for x in (k, v))
+        og, lg = sdpa_lse(qt.view(1, -1, b * h, d).permute(2, 0, 1, 3), kg, vg, scale=scale)
+        out = merge([(out, lse), (og.view(b * h, -1, d).transpose(0, 1).view_as(out),
+                                  lg.view(b * h, -1).transpose(0, 1).view_as(lse))])
+        result.index_copy_(2, g, F.scaled_dot_product_attention(q.index_select(2, g), k, v, scale=scale))
+    if start == 0 and end == n:
+        from_tiles(out, result, grid, tile)
+    else:
+        image = _buffer("image", (b, h, end - start, d), q)
+        from_tiles(out, image, grid, tile)
+        result[:, :, start:end] = image
+    return result

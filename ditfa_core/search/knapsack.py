@@ -22,6 +22,7 @@ saving, error and index sum) are settled by HiGHS, which is deterministic for th
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from dataclasses import dataclass
@@ -83,7 +84,11 @@ def multiple_choice_knapsack(error: npt.ArrayLike, saving: npt.ArrayLike, budget
     if _totals(e, s, last)[1] <= budget:
         return last   # every group takes its best: optimal, and the tie-break holds per group
     # Here 0 < budget < inf: a zero budget leaves only error-0 candidates and an infinite one fits all.
-    return _solve(e, s, budget, frontier, first)
+    core, incumbent = _reduce(frontier, budget)
+    if len(core.group) == groups:
+        return incumbent   # one candidate left per group: the incumbent is the only possible optimum
+    best = incumbent if _totals(e, s, incumbent)[1] <= budget else first
+    return _solve(e, s, budget, core, best)
 
 
 def _validated(error: npt.ArrayLike, saving: npt.ArrayLike, budget: float,
@@ -153,6 +158,56 @@ def _ends(frontier: _Frontier, groups: int, last: bool) -> np.ndarray:
     for i in rows:
         pick[frontier.group[i]] = frontier.index[i]
     return pick
+
+
+def _reduce(f: _Frontier, budget: float) -> tuple[_Frontier, np.ndarray]:
+    """The candidates some optimal choice may use, and a good feasible choice (the incumbent).
+
+    The LP relaxation of a multiple-choice knapsack is solved greedily (Sinha & Zoltners, Oper. Res.
+    1979): start every group at its lowest error, then move groups along the segments of their upper
+    convex hull of (error, saving), steepest first, until a segment no longer fits; its slope ``lam``
+    prices the error. By weak duality a choice that takes candidate c in group g saves at most
+    ``lam * budget + sum_g' m_g' - (m_g - v_gc)``, with ``v = s - lam * e`` and ``m_g = max_c v_gc``, so a
+    candidate whose bound is below the incumbent's saving is in no optimum (nor in any tie of one) and
+    is dropped. The incumbent is the greedy's integer part, continued with later segments that still fit
+    in groups not yet stopped. Rows keep the frontier's order.
+    """
+    starts = np.flatnonzero(np.r_[True, f.group[1:] != f.group[:-1]])
+    ends = np.r_[starts[1:], len(f.group)]
+    segments: list[tuple[float, int, int]] = []   # (-slope, group, end row), steepest first once sorted
+    for g, (a, b) in enumerate(zip(starts, ends, strict=True)):
+        hull = [int(a)]
+        for i in range(a + 1, b):
+            while len(hull) > 1 and _slope(f, hull[-2], hull[-1]) <= _slope(f, hull[-1], i):
+                hull.pop()
+            hull.append(i)
+        segments += [(-_slope(f, u, w), g, w) for u, w in itertools.pairwise(hull)]
+    segments.sort()
+    at, stopped = starts.copy(), np.zeros(len(starts), dtype=bool)
+    room, lam = budget - math.fsum(f.error[starts]), None
+    for neg_slope, g, row in segments:
+        step = f.error[row] - f.error[at[g]]
+        if stopped[g]:
+            continue
+        if step <= room:
+            room -= step
+            at[g] = row
+        else:
+            lam = -neg_slope if lam is None else lam
+            stopped[g] = True
+    value = f.saving - (lam or 0.0) * f.error
+    best = np.maximum.reduceat(value, starts)
+    bound = (lam or 0.0) * budget + math.fsum(best) - best[f.group] + value
+    incumbent = math.fsum(f.saving[at])
+    keep = bound >= incumbent - 1e-9 * abs(bound).max()
+    keep[at] = True
+    core = _Frontier(f.group[keep], f.index[keep], f.error[keep], f.saving[keep])
+    return core, f.index[at]
+
+
+def _slope(f: _Frontier, u: int, w: int) -> float:
+    """Saving gained per unit of error from frontier row u to a later row w of the same group."""
+    return (f.saving[w] - f.saving[u]) / (f.error[w] - f.error[u])
 
 
 def _totals(e: np.ndarray, s: np.ndarray, choice: np.ndarray) -> tuple[float, float, int]:

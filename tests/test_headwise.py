@@ -132,7 +132,7 @@ def test_headwise_search_on_the_reference_dit(reference, delta):
 def test_headwise_search_takes_what_saves_most():
     """The knapsack gets each candidate's real saving: with ample budget every head takes AST (saves
     all), never a cheaper-to-predict but less saving window candidate."""
-    search = HeadwiseSearch(3, 1, 10.0, WINDOW)
+    search = HeadwiseSearch(3, 1, 10.0, WINDOW, saving="flops")
     search._shape[0] = (2, 0.25, 0.5)
     search._weight[0] = 1.0
     for m in search.candidates:
@@ -144,3 +144,19 @@ def test_headwise_search_takes_what_saves_most():
     # The other head takes the next biggest saving at no error: a window on the conditional rows only
     # (1 - 0.25 x 0.5), the first of the equals (WA_RS_ASC, ARROW_ASC) in the vocabulary's order.
     assert sorted(row[0]) == sorted((S.AST, S.WA_RS_ASC))
+
+
+def test_measured_savings_feed_the_knapsack():
+    """With ``saving="latency"`` the window candidates' saving is the timed kernel ratio on the call's
+    shape (reuse saves everything, dense nothing, CFG sharing half); the chosen row is a valid cell."""
+    from ditfa_core.search.latency import AttentionShape
+
+    search = HeadwiseSearch(3, 1, 10.0, WINDOW)
+    search._shape[0] = (2, 0.25, 0.5)
+    search._call[0] = (AttentionShape(2, 2, N, D), WINDOW.resolve(LAYOUT))
+    savings = search._savings(0, 2)
+    names = [S.FULL, *search.candidates]
+    assert savings[0, names.index(S.AST)] == 1.0 and savings[0, names.index(S.ASC)] == 0.5
+    assert 0.0 <= savings[0, names.index(S.ARROW)] <= 1.0
+    with pytest.raises(ValueError, match="saving must be one of"):
+        HeadwiseSearch(3, 1, 10.0, WINDOW, saving="heads")

@@ -114,14 +114,18 @@ def calibrate(
     progress: Callable[[int, int], None] | None = None,
     candidates: Sequence[Strategy] | None = None,
     granularity: str = "layer",
+    saving: str = "flops",
 ) -> SearchOutcome:
     """Search a plan on one calibration batch (paper: a few prompts; here: class labels).
 
     ``candidates`` restricts the strategies the search may choose besides FULL (e.g. one technique
     alone, for the ablation rows of Table 1; None: the search's own vocabulary). ``granularity``
-    "head" searches one strategy per head (DiTFastAttnV2)."""
+    "head" searches one strategy per head (DiTFastAttnV2), maximising the ``saving`` it names ("flops",
+    deterministic, the default here: kernel timings at the reference DiT's 256 tokens say little; or
+    "latency", measured)."""
+    extra = {"saving": saving} if granularity == "head" else {}
     search = make_search(mode, steps, model.num_layers, delta, window, backend=backend,
-                         candidates=candidates, granularity=granularity)
+                         candidates=candidates, granularity=granularity, **extra)
     start = time.perf_counter()
     try:
         images = sample(model, labels, steps=steps, cfg=cfg, seed=seed, progress=progress,

@@ -11,9 +11,12 @@ The fast search's frame (``fast.py``), one strategy per head instead of per laye
 3. trial: as the fast search: one forward with the chosen row, accepted when its real output error
    is <= δ, else one retry with a stricter gain, else FULL. At most 3 generations.
 
-The saving of a candidate is its attention cost relative to a dense head (the record's ``cost``), at
-the layer's real window and CFG split, so the knapsack maximises work removed, not the number of
-compressed heads (the official code's latency table never matched its candidates' names, so every
+The saving of a candidate is what it removes from a dense head of the layer's real shape: measured
+(``saving="latency"``: the window kernel timed against the dense one on the device, dtype and shape of
+the call, ``search/latency.py``) or counted (``saving="flops"``: the record's ``cost`` at the layer's
+window and CFG split; deterministic, and what the CPU reference DiT uses, whose 256-token calls are too
+small for kernel timings to mean much). Either way the knapsack maximises work removed, not the number
+of compressed heads (the official code's latency table never matched its candidates' names, so every
 option saved the same: reference/peers.md §4).
 """
 
@@ -30,6 +33,9 @@ from ..strategies import HEADWISE_CANDIDATES, Strategy
 from .base import Row
 from .fast import INFEASIBLE, FastSearch
 from .knapsack import multiple_choice_knapsack
+from .latency import AttentionShape, candidate_savings
+
+SAVINGS = ("latency", "flops")
 
 
 class HeadwiseSearch(FastSearch):
@@ -37,11 +43,15 @@ class HeadwiseSearch(FastSearch):
     granularity = "head"
     vocabulary = HEADWISE_CANDIDATES
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, saving: str = "latency", **kwargs) -> None:
+        if saving not in SAVINGS:
+            raise ValueError(f"saving must be one of {SAVINGS}, got {saving!r}")
         super().__init__(*args, **kwargs)
+        self.saving = saving
         self._head_err: dict[tuple[int, Strategy], torch.Tensor] = {}   # (layer, m) -> (H,) error sums
         self._weight: dict[int, float] = {}                              # layer -> elements probed
         self._shape: dict[int, tuple[int, float, float]] = {}            # layer -> (heads, pairs, cond)
+        self._call: dict[int, tuple[AttentionShape, object]] = {}         # layer -> (shape, pattern)
 
     def _search_step(self, step: int, forward):
         self._head_err.clear()
@@ -56,6 +66,8 @@ class HeadwiseSearch(FastSearch):
         borrowers = sum(c.role is Role.UNCOND for c in ctx.chunks)
         cond = max(1 - borrowers / len(ctx.chunks), 1 / len(ctx.chunks))
         self._shape[ctx.layer] = (q.shape[1], min(pairs, 1.0), cond)
+        b, h, n, d = q.shape
+        self._call[ctx.layer] = (AttentionShape(b, h, n, d, q.dtype, str(q.device)), pattern)
 
     def _record(self, layer: int, m: Strategy, ref: torch.Tensor, cand: torch.Tensor | None) -> None:
         """Per head, this call's error of ``m`` weighted by the call's size (inf when it cannot run)."""
@@ -81,9 +93,16 @@ class HeadwiseSearch(FastSearch):
         return np.stack(cols, axis=1)
 
     def _savings(self, layer: int, heads: int) -> np.ndarray:
-        """(heads, 1 + candidates) attention cost saved per head, as a fraction of a dense head."""
+        """(heads, 1 + candidates) attention time (or FLOPs) saved per head, as a fraction of a dense head."""
         _, pairs, cond = self._shape[layer]
-        row = [0.0] + [1.0 - m.cost(pairs, cond) for m in self.candidates]
+        if self.saving == "flops":
+            row = [0.0] + [1.0 - m.cost(pairs, cond) for m in self.candidates]
+        else:
+            shape, pattern = self._call[layer]
+            kinds = [(m.value, "reuse" if m.reuses_output else "window" if m.uses_window else "dense",
+                      cond if m.shares_cfg else 1.0) for m in self.candidates]
+            saved = candidate_savings(kinds, shape, lambda _name: pattern)
+            row = [0.0] + [saved[m.value] for m in self.candidates]
         return np.tile(np.asarray(row), (heads, 1))
 
     def _choose(self, gain: float) -> tuple[Row, float]:

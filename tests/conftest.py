@@ -15,7 +15,7 @@ os.environ.setdefault("DITFA_KERNEL_CACHE", "")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the harness sits next to this file
 
-from comfy_host import load_pack, pack_module, require_comfyui
+from comfy_host import bootstrap_comfyui, load_pack, pack_module, require_comfyui
 
 
 @pytest.fixture(scope="module")
@@ -38,3 +38,16 @@ def engines(pack: ModuleType, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
     monkeypatch.setattr(apply, "FastAttention", Recording)
     return made
+
+
+@pytest.fixture
+def unload_models() -> Any:
+    """After the test, ComfyUI's loaded models are unloaded (so tiny models do not pile up in its cache)."""
+    yield
+    try:
+        bootstrap_comfyui()
+    except Exception:
+        return
+    import comfy.model_management
+
+    comfy.model_management.unload_all_models()

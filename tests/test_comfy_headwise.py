@@ -16,7 +16,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from comfy_host import bootstrap_comfyui
 from comfy_host import pack_module as mod
 from comfy_models import TinyModel, make_model, sample
 
@@ -24,16 +23,7 @@ MMDIT = ["sd3", "flux", "qwen_image"]
 STEPS = 3
 
 
-@pytest.fixture(autouse=True)
-def _unload() -> Any:
-    yield
-    try:
-        bootstrap_comfyui()
-    except Exception:
-        return
-    import comfy.model_management
-
-    comfy.model_management.unload_all_models()
+pytestmark = pytest.mark.usefixtures("unload_models")
 
 
 def headwise_plan(pack: ModuleType, tiny: TinyModel, rows: list[Any], heads: int = 2) -> Any:

@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # helpers sit next to this file, not in a package
 
-from comfy_host import bootstrap_comfyui, load_pack
+from comfy_host import load_pack
 from comfy_host import pack_module as mod
 from comfy_models import FACTORIES, TinyModel, make_model, sample
 
@@ -27,16 +27,7 @@ FAMILIES = sorted(f for f in FACTORIES if not f.startswith("lumina2"))   # Lumin
 STEPS = 3
 
 
-@pytest.fixture(autouse=True)
-def _unload() -> Any:
-    yield
-    try:
-        bootstrap_comfyui()
-    except Exception:
-        return
-    import comfy.model_management
-
-    comfy.model_management.unload_all_models()
+pytestmark = pytest.mark.usefixtures("unload_models")
 
 
 def plan_for(pack: ModuleType, tiny: TinyModel, rows: list[str], **model: Any) -> Any:

@@ -6,8 +6,9 @@ picks one candidate per head so that the summed error stays within the budget de
 latency saving is largest. The official code builds it with Pyomo + GLPK (ilp.py); its latency table
 never matched the Flux candidate names, so every option got the same saving and the program merely
 maximised how many heads were compressed (reference/peers.md §4). Here the savings are an input
-(``search.latency`` measures them), and the program is solved exactly by HiGHS through
-``scipy.optimize.milp`` (scipy ships with ComfyUI).
+(``search.latency`` measures them), and the program is solved by HiGHS's branch and bound through
+``scipy.optimize.milp`` (scipy ships with ComfyUI), to a relative gap of 1e-4 by default (0 proves the
+optimum; see ``rel_gap``).
 
 Formulation, over G groups (heads) and C candidates, x binary::
 
@@ -17,7 +18,14 @@ Formulation, over G groups (heads) and C candidates, x binary::
 
 Ties are broken towards a lower total error, then a lower sum of chosen candidate indices (candidates
 are listed least aggressive first, so this prefers the milder choice); ties left after that (equal
-saving, error and index sum) are settled by HiGHS, which is deterministic for the same input.
+saving, error and index sum) are settled by HiGHS, which is deterministic for the same input. Each
+stage is solved to ``rel_gap``, so with the default a saving within 0.01% of the best may count as
+tied; with ``rel_gap=0`` the rule is exact (tests compare with enumeration).
+
+Before HiGHS sees it, the problem loses every candidate that no optimum can use: dominated ones (more
+error for no more saving) and those whose Lagrangian bound, from the greedy LP relaxation, falls below
+a feasible choice's saving. Both keep every optimum and cut the solve time by 10-40x: HiGHS alone took
+24-45 s for 2000 heads x 8 candidates (per-head savings, gap 0) on a 2-core CPU, 0.6-1.5 s after.
 """
 
 from __future__ import annotations
@@ -40,6 +48,8 @@ _STAGE_SLACK = 1e-9
 # overshoot it: by twice the overshoot, at least 1e-7 times 4**try of the budget.
 _REPAIRS = 4
 _FIRST_PULL = 1e-7
+REL_GAP = 1e-4
+"""HiGHS's default relative MIP gap: see ``multiple_choice_knapsack``'s ``rel_gap``."""
 V2_PREFILTER = 1.5
 """DiTFastAttnV2's pre-filter ratio: it keeps (head, candidate) pairs with error < 1.5 * budget / G."""
 
@@ -55,7 +65,7 @@ class _Frontier:
 
 
 def multiple_choice_knapsack(error: npt.ArrayLike, saving: npt.ArrayLike, budget: float, *,
-                             prefilter: float | None = None) -> np.ndarray:
+                             prefilter: float | None = None, rel_gap: float = REL_GAP) -> np.ndarray:
     """The candidate chosen for each group that maximises the total saving within the error budget.
 
     error: (G, C) float, >= 0, the error each candidate adds (e.g. V2's per-head relative squared
@@ -69,6 +79,10 @@ def multiple_choice_knapsack(error: npt.ArrayLike, saving: npt.ArrayLike, budget
         candidates always stay, so a feasible problem stays feasible). Off by default because it can
         only shrink the feasible set, i.e. lose saving; the exact program needs no help at these sizes,
         so use it only to speed up very large problems.
+    rel_gap: HiGHS stops once its best choice is within this fraction of the bound on the total saving
+        (and, in the tie-break stages, on the total error). The default, HiGHS's own 1e-4, loses at most
+        0.01% of the saving; 0 proves the exact optimum, which took up to 150 s for 1368 heads x 4
+        candidates with shared savings (a 2-core CPU) where 1e-4 took 1 s with the same answer.
 
     Returns a (G,) int64 array of candidate indices. By convention candidate 0 is the exact one (error 0,
     saving 0), which keeps every budget feasible; this is not required, only that some choice fits.
@@ -76,7 +90,7 @@ def multiple_choice_knapsack(error: npt.ArrayLike, saving: npt.ArrayLike, budget
     savings, negative errors, a budget < 0 or NaN, a group with no allowed candidate, or a budget below
     the smallest achievable total error.
     """
-    e, s, budget = _validated(error, saving, budget, prefilter)
+    e, s, budget = _validated(error, saving, budget, prefilter, rel_gap)
     frontier = _frontier(e, s, budget, prefilter)
     groups = e.shape[0]
     first = _ends(frontier, groups, last=False)   # lowest error of each group: always within budget
@@ -88,11 +102,11 @@ def multiple_choice_knapsack(error: npt.ArrayLike, saving: npt.ArrayLike, budget
     if len(core.group) == groups:
         return incumbent   # one candidate left per group: the incumbent is the only possible optimum
     best = incumbent if _totals(e, s, incumbent)[1] <= budget else first
-    return _solve(e, s, budget, core, best)
+    return _solve(e, s, budget, core, best, rel_gap)
 
 
 def _validated(error: npt.ArrayLike, saving: npt.ArrayLike, budget: float,
-               prefilter: float | None) -> tuple[np.ndarray, np.ndarray, float]:
+               prefilter: float | None, rel_gap: float) -> tuple[np.ndarray, np.ndarray, float]:
     e = np.asarray(error, dtype=np.float64)
     s = np.asarray(saving, dtype=np.float64)
     if e.ndim != 2 or e.shape[0] < 1 or e.shape[1] < 1:
@@ -113,6 +127,8 @@ def _validated(error: npt.ArrayLike, saving: npt.ArrayLike, budget: float,
     limit = float(budget) if isinstance(budget, numbers.Real) and not isinstance(budget, bool) else math.nan
     if math.isnan(limit) or limit < 0:
         raise ValueError(f"budget must be a number >= 0 (math.inf allowed), got {budget!r}")
+    if not isinstance(rel_gap, (int, float)) or not 0.0 <= rel_gap < 1.0:
+        raise ValueError(f"rel_gap must lie in [0, 1) (0 = proven optimum), got {rel_gap!r}")
     if prefilter is not None and not (isinstance(prefilter, (int, float)) and prefilter > 0):
         raise ValueError(f"prefilter must be None or a ratio > 0 (DiTFastAttnV2 uses {V2_PREFILTER}), "
                          f"got {prefilter!r}")
@@ -222,7 +238,8 @@ def _rank(e: np.ndarray, s: np.ndarray, choice: np.ndarray) -> tuple[float, floa
     return -saving, err, index_sum
 
 
-def _solve(e: np.ndarray, s: np.ndarray, budget: float, f: _Frontier, best: np.ndarray) -> np.ndarray:
+def _solve(e: np.ndarray, s: np.ndarray, budget: float, f: _Frontier, best: np.ndarray,
+           rel_gap: float) -> np.ndarray:
     """Three lexicographic integer programs (saving, then error, then index sum) over the frontier.
 
     Values are scaled so that the largest saving and the budget are 1. Each program's answer is
@@ -242,7 +259,7 @@ def _solve(e: np.ndarray, s: np.ndarray, budget: float, f: _Frontier, best: np.n
         for attempt in range(_REPAIRS):
             res = milp(objective, integrality=np.ones(n), bounds=Bounds(0, 1),
                        constraints=[one_each, LinearConstraint(err[None, :], -np.inf, limit), *extra],
-                       options={"mip_rel_gap": 0.0})
+                       options={"mip_rel_gap": rel_gap})
             if res.x is None:
                 return None
             chosen = res.x > 0.5
@@ -258,9 +275,10 @@ def _solve(e: np.ndarray, s: np.ndarray, budget: float, f: _Frontier, best: np.n
 
     if run(-sav, []) is None:
         return best
-    top, _, _ = _totals(e, s, best)
+    top, high, _ = _totals(e, s, best)
     keep_saving = LinearConstraint(sav[None, :], top / s_scale - _STAGE_SLACK, np.inf)
-    run(err, [keep_saving])
+    if high > 0:   # scaled to ~1, so that HiGHS's absolute gap (1e-6) cannot end the stage early
+        run(f.error / high, [keep_saving])
     _, low, _ = _totals(e, s, best)
     keep_error = LinearConstraint(err[None, :], -np.inf, low / budget + _STAGE_SLACK)
     run(f.index.astype(np.float64), [keep_saving, keep_error])

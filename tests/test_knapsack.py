@@ -171,6 +171,23 @@ def test_bad_input_is_named(error, saving, budget, match: str) -> None:
         multiple_choice_knapsack(error, saving, budget)
 
 
+def test_time_limit_still_returns_a_choice_within_budget() -> None:
+    """Shared savings over many heads are HiGHS's hard case; cut short, the answer is still feasible."""
+    rng = np.random.default_rng(3)
+    err = np.sort(rng.gamma(0.5, 0.02, (400, 4)), axis=1)
+    sav = np.tile(np.sort(rng.uniform(0, 1, 4)), (400, 1))
+    err[:, 0], sav[:, 0] = 0.0, 0.0
+    budget = 0.1 * float(err[:, -1].sum())
+    choice = multiple_choice_knapsack(err, sav, budget, time_limit=0.05)
+    assert totals(err, sav, choice)[1] <= budget and totals(err, sav, choice)[0] > 0
+
+
+@pytest.mark.parametrize("time_limit", [0, -1.0, "10"])
+def test_bad_time_limit(time_limit) -> None:
+    with pytest.raises(ValueError, match="time_limit must be None or seconds > 0"):
+        multiple_choice_knapsack([[0.0, 1.0]], [[0.0, 1.0]], 1.0, time_limit=time_limit)
+
+
 @pytest.mark.parametrize("rel_gap", [-0.1, 1.0, "0"])
 def test_bad_rel_gap(rel_gap) -> None:
     with pytest.raises(ValueError, match=r"rel_gap must lie in \[0, 1\)"):

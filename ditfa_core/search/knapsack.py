@@ -84,8 +84,9 @@ def multiple_choice_knapsack(error: npt.ArrayLike, saving: npt.ArrayLike, budget
     prefilter: None (default) or a ratio r > 0: first drop every candidate whose error is >= r * budget
         / G, as DiTFastAttnV2 does with r = ``V2_PREFILTER`` = 1.5 (each group's lowest-error
         candidates always stay, so a feasible problem stays feasible). Off by default because it can
-        only shrink the feasible set, i.e. lose saving; the exact program needs no help at these sizes,
-        so use it only to speed up very large problems.
+        only shrink the feasible set, i.e. lose saving: on synthetic problems (24-2000 heads x 4-12
+        candidates) it kept 64-99% of the optimum's saving. It is offered for speed: 3-100x faster there
+        (e.g. 2000 heads x 8: 0.03-0.3 s instead of 0.3-4 s on a 2-core CPU).
     rel_gap: HiGHS stops once its best choice is within this fraction of the bound on the total saving
         (and, in the tie-break stages, on the total error). The default, HiGHS's own 1e-4, loses at most
         0.01% of the saving; 0 proves the exact optimum, which took up to 150 s for 1368 heads x 4
@@ -109,9 +110,9 @@ def multiple_choice_knapsack(error: npt.ArrayLike, saving: npt.ArrayLike, budget
         return last   # every group takes its best: optimal, and the tie-break holds per group
     # Here 0 < budget < inf: a zero budget leaves only error-0 candidates and an infinite one fits all.
     core, incumbent = _reduce(frontier, budget)
-    if len(core.group) == groups:
-        return incumbent   # one candidate left per group: the incumbent is the only possible optimum
     best = incumbent if _totals(e, s, incumbent)[1] <= budget else first
+    if len(core.group) == groups:
+        return best   # one candidate left per group: the incumbent is the only possible optimum
     deadline = None if time_limit is None else time.monotonic() + time_limit
     return _solve(e, s, budget, core, best, rel_gap, deadline)
 

@@ -27,7 +27,7 @@ from ditfa_core.windows import AttentionPattern, TokenLayout, WindowSpec
 
 CPU = torch.device("cpu")
 # Compiling flex on CPU costs seconds per shape: its output tests use these shapes only.
-FLEX_CASES = ["band+text", "video+text"]
+FLEX_CASES = ["band+text", "video+text", "tile-image+text"]
 
 # name: (layout, window, batch, heads, head_dim)
 CASES = {

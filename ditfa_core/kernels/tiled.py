@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from ..windows import AttentionPattern
 from .banded import merge, sdpa_lse
 
-# Gathered keys and values per SDPA call: small enough to stay in cache between the gather and the SDPA
-# that reads them (at N = 16384, 4 heads, D = 64, fp32 the whole gather would be 0.8 GiB each for K and
-# V); measured at N = 4096 on 1 thread: 0.25-1 MiB within noise, 4 MiB 12% slower, 16 MiB 35%.
-CHUNK_BYTES = 1 << 20
+# Gathered keys and values per SDPA call, in MiB (``tuning`` measures 1, 16 and 256). Small chunks stay
+# in cache between the gather and the SDPA that reads them; one big chunk is one parallel region,
+# which is what survives a loaded machine (each region waits for a descheduled thread).
+DEFAULT_CHUNK_MIB = 1
 
 _workspace = threading.local()
 
@@ -38,7 +38,9 @@ _workspace = threading.local()
 def _buffer(role: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     """A reused per-thread buffer. Why: a fresh tensor of megabytes is fresh pages from the OS, and
     faulting them in cost more than the copies written into them (CPU, 36 MiB: 24 ms fresh, 3 ms
-    reused). One buffer per role is kept, replaced when the shape or dtype changes."""
+    reused). One buffer per role is kept, replaced when the shape or dtype changes: q, k, v and the
+    output in tile order (4x the size of q) plus a chunk of gathered keys and values stay allocated
+    per thread between calls."""
     store = _workspace.__dict__
     buf = store.get(role)
     if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
@@ -57,11 +59,14 @@ def supports(pattern: AttentionPattern, device: torch.device, dtype: torch.dtype
             and all(s % t == 0 for s, t in zip(pattern.grid, pattern.tile, strict=True)))
 
 
-def _tile_view(x: torch.Tensor, grid: tuple[int, ...], tile: tuple[int, ...]) -> torch.Tensor:
-    """(B, H, n_image, D) in raster order, viewed as (nt, nh, nw, tt, th, tw, B*H, D)."""
+def _tile_view(x: torch.Tensor, grid: tuple[int, ...], tile: tuple[int, ...],
+               write: bool = False) -> torch.Tensor:
+    """(B, H, n_image, D) in raster order as (nt, nh, nw, tt, th, tw, B*H, D); a true view when ``write``
+    (RuntimeError rather than a silent copy), possibly a copy of a strided input otherwise."""
     b, h, _, d = x.shape
     (nt, nh, nw), (tt, th, tw) = (tuple(s // t for s, t in zip(grid, tile, strict=True)), tile)
-    return x.reshape(b * h, nt, tt, nh, th, nw, tw, d).permute(1, 3, 5, 2, 4, 6, 0, 7)
+    shape = (b * h, nt, tt, nh, th, nw, tw, d)
+    return (x.view(shape) if write else x.reshape(shape)).permute(1, 3, 5, 2, 4, 6, 0, 7)
 
 
 def to_tiles(x: torch.Tensor, grid: tuple[int, ...], tile: tuple[int, ...], role: str) -> torch.Tensor:
@@ -80,8 +85,9 @@ def to_tiles(x: torch.Tensor, grid: tuple[int, ...], tile: tuple[int, ...], role
 
 
 def from_tiles(x: torch.Tensor, out: torch.Tensor, grid: tuple[int, ...], tile: tuple[int, ...]) -> None:
-    """The inverse of ``to_tiles``: (tiles, tokens per tile, B*H, D) written into out (B, H, n_image, D)."""
-    view = _tile_view(out, grid, tile)
+    """The inverse of ``to_tiles``: (tiles, tokens per tile, B*H, D) written into out (B, H, n_image, D),
+    which must be viewable as (B*H, n_image, D) (a token slice of a contiguous tensor is)."""
+    view = _tile_view(out, grid, tile, write=True)
     view.copy_(x.view(view.shape))
 
 
@@ -103,8 +109,9 @@ def key_tiles(pattern: AttentionPattern) -> torch.Tensor:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: AttentionPattern,
-              scale: float | None = None) -> torch.Tensor:
-    """Tile-window attention of (B, H, N, D) tensors (``scale`` as SDPA's)."""
+              scale: float | None = None, chunk_mib: int = DEFAULT_CHUNK_MIB) -> torch.Tensor:
+    """Tile-window attention of (B, H, N, D) tensors (``scale`` as SDPA's); query tiles are attended
+    in calls of about ``chunk_mib`` MiB of gathered keys and values (at least one tile a call)."""
     if not supports(pattern, q.device, q.dtype):
         raise ValueError(f"tiled attention cannot run {pattern} on {q.device} with {q.dtype}")
     layout = pattern.layout
@@ -115,7 +122,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Attent
     idx = key_tiles(pattern).to(q.device)
     n_tiles, per_tile = qt.shape[:2]
     keys = idx.shape[1] * per_tile
-    chunk = max(1, CHUNK_BYTES // (2 * b * h * keys * d * q.element_size()))
+    chunk = min(n_tiles, max(1, (chunk_mib << 20) // (2 * b * h * keys * d * q.element_size())))
     out = _buffer("out", qt.shape, qt)
     lse = _buffer("lse", (n_tiles, per_tile, b * h), torch.empty(0)) if layout.n_global else None
     gathered = {role: _buffer(role, (chunk * idx.shape[1], *kt.shape[1:]), kt) for role in ("kg", "vg")}
@@ -130,7 +137,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Attent
         else:
             o, l_ = sdpa_lse(qc, kg, vg, scale=scale)
             out[lo:hi], lse[lo:hi] = o.transpose(1, 2), l_.transpose(1, 2)
-    result = torch.empty_like(q)
+    result = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if layout.n_global:
         g = torch.cat([torch.arange(0, start), torch.arange(end, n)]).to(q.device)
         kg, vg = (x.index_select(2, g).reshape(b * h, 1, -1, d) for x in (k, v))
@@ -138,10 +145,5 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Attent
         out = merge([(out, lse), (og.view(b * h, -1, d).transpose(0, 1).view_as(out),
                                   lg.view(b * h, -1).transpose(0, 1).view_as(lse))])
         result.index_copy_(2, g, F.scaled_dot_product_attention(q.index_select(2, g), k, v, scale=scale))
-    if start == 0 and end == n:
-        from_tiles(out, result, grid, tile)
-    else:
-        image = _buffer("image", (b, h, end - start, d), q)
-        from_tiles(out, image, grid, tile)
-        result[:, :, start:end] = image
+    from_tiles(out, result[:, :, start:end], grid, tile)
     return result

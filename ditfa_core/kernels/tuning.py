@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 
 MIN_TOKENS = 1024
 REPEATS = 2
-CPU_TILES = {"banded": (32, 64, 128), "blocked": (64, 128, 256)}
+# The tile-size argument worth trying per backend: query tokens per tile, or for ``tiled`` the MiB of
+# gathered keys per call (its tiles are the pattern's own).
+CPU_TILES = {"banded": (32, 64, 128, 256), "blocked": (64, 128, 256), "tiled": (1, 16, 256)}
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ from __future__ import annotations
 import torch
 
 from .layout import TokenLayout
-from .shape import ImageMask, IntLike
+from .shape import ImageMask, IntLike, Visible
 
 
-def with_globals(image_mask: ImageMask):
+def with_globals(image_mask: ImageMask) -> Visible:
     """``visible(q_idx, kv_idx, image_start, image_end, *params)``: global rows and columns OR the image
     window over image-local indices (sequence indices broadcast; pure elementwise ops)."""
 

@@ -10,7 +10,7 @@ import torch
 from . import arrow
 from .layout import Grid, TokenLayout
 from .registry import shape
-from .shape import WindowShape
+from .shape import Visible, WindowShape
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class AttentionPattern:
                 *self.radius, *self.tile)
 
     @property
-    def mask_fn(self):
+    def mask_fn(self) -> Visible:
         """The pure mask function ``(q_idx, kv_idx, *mask_params()) -> bool`` (a Flex mask_mod body)."""
         return _visible_fn(self.kind)
 
@@ -90,7 +90,9 @@ class AttentionPattern:
 
 
 @functools.cache
-def _visible_fn(kind: str):
+def _visible_fn(kind: str) -> Visible:
+    """The shape's image mask with the global rows and columns composed on (one function per kind, so
+    Flex sees the same callable for every pattern of a kind)."""
     return arrow.with_globals(shape(kind).image_mask)
 
 

@@ -31,6 +31,9 @@ ImageMask = Callable[..., torch.Tensor]
 """(q_loc, kv_loc, t, h, w, rt, rh, rw, tt, th, tw) -> bool: image-local raster indices, the grid, the
 radius and the tile (``AttentionPattern.mask_params`` after image_start and image_end)."""
 
+Visible = Callable[..., torch.Tensor]
+"""(q_idx, kv_idx, image_start, image_end, *image mask params) -> bool over sequence indices."""
+
 Resolve = Callable[[TokenLayout, float, "int | Grid | None"], tuple[Grid, Grid]]
 """(layout, fraction, radius or None) -> (radius, tile) of the pattern a ``WindowSpec`` stands for."""
 

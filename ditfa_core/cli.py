@@ -41,7 +41,7 @@ from .reference.images import write_samples
 from .reference.quality import BATCH, EvalSet, PairedEvaluator, Row, markdown, sample_set
 from .reference.table1 import ALONE, D_LEVELS, Calib, as_json
 from .reference.table1 import table as table1
-from .windows import WindowSpec
+from .windows import KINDS, WindowSpec
 
 FAMILY = "reference-dit"
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
@@ -293,8 +293,9 @@ def sampling_options(steps_help: str) -> argparse.ArgumentParser:
 
 def search_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--window", choices=["band", "nbhd"], default="band",
-                   help="band: the paper's 1-D window; nbhd: 2-D neighbourhood on the token grid")
+    p.add_argument("--window", choices=KINDS, default="band",
+                   help="band: the paper's 1-D window; nbhd: 2-D neighbourhood on the token grid; tile: "
+                        "whole tiles of the grid around each query's tile (Sliding Tile Attention)")
     p.add_argument("--fraction", type=number(0, 1, low_open=True), default=1 / 8,
                    help="window size as a share of the image tokens, in (0, 1] (default 1/8, paper §4.1)")
     p.add_argument("--calib-samples", type=integer(1, 256), default=8,

@@ -18,7 +18,7 @@ from comfy_api.latest import io
 from ..ditfa_core.engine import FastAttention
 from ..ditfa_core.plan import Plan, PlanError
 from ..ditfa_core.schedule import Schedule
-from ..ditfa_core.windows import TokenLayout, WindowSpec
+from ..ditfa_core.windows import KINDS, TokenLayout, WindowSpec
 from .families import Family, detect
 from .plan_type import CATEGORY, DitfaPlan
 from .run import Override, RunParts
@@ -26,7 +26,7 @@ from .wrappers import install
 
 log = logging.getLogger(__name__)
 
-WINDOW_KINDS = ("auto", "band", "nbhd")
+WINDOW_KINDS = ("auto", *KINDS)
 MODES = ("strict", "adapt")
 CACHE_DEVICES = ("gpu", "cpu")
 

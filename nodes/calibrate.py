@@ -25,7 +25,7 @@ from ..ditfa_core.engine import DenseFn
 from ..ditfa_core.flops import pattern_pair_fraction
 from ..ditfa_core.plan import Calibration, Cost, ModelInfo, Plan, WindowSetting
 from ..ditfa_core.search import GRANULARITIES, SEARCHES, PlanSearch, make_search, search_class
-from ..ditfa_core.windows import TokenLayout, WindowSpec
+from ..ditfa_core.windows import KINDS, TokenLayout, WindowSpec
 from .families import Family, Grid, detect
 from .plan_type import CATEGORY, DitfaPlan
 from .run import RUN_KEY, SETUP_KEY, Override, RunParts
@@ -194,7 +194,7 @@ class DiTFastAttnCalibrate(io.ComfyNode):
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01),
                 io.Float.Input("delta", default=0.1, min=0.0, max=10.0, step=0.005,
                                tooltip="Error budget per step (paper's threshold): larger compresses more."),
-                io.Combo.Input("window", options=["band", "nbhd"], default="band"),
+                io.Combo.Input("window", options=list(KINDS), default="band"),
                 io.Float.Input("window_fraction", default=0.125, min=0.01, max=1.0, step=0.005),
                 io.Combo.Input("search", options=list(SEARCHES), default="fast",
                                tooltip="fast: about 2 model evaluations per sampling step. greedy: the "

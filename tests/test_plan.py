@@ -270,6 +270,15 @@ def test_refuses_band_window_with_three_radii():
     _refused(doc, "calibration.window.radius: a band window takes one integer")
 
 
+def test_every_registered_window_kind_is_a_plan_window():
+    for kind in ("band", "nbhd", "tile"):
+        doc = _doc()
+        doc["calibration"]["window"] = {"kind": kind, "fraction": 0.125, "radius": None}
+        assert Plan.from_dict(doc).calibration.window.kind == kind
+    doc["calibration"]["window"]["kind"] = "disc"
+    _refused(doc, "calibration.window.kind: expected one of band, nbhd, tile, got 'disc'")
+
+
 def test_refuses_model_grid_inconsistent_with_tokens():
     doc = _doc()
     doc["model"]["grid"] = [1, 4, 5]

@@ -32,7 +32,10 @@ def test_limits_and_names_are_the_servers() -> None:
     assert consts["MAX_ITEMS"] == "MAX_CELLS + 256" and plan_module.MAX_ITEMS == plan_module.MAX_CELLS + 256
     assert "STRATEGY_NAMES" not in consts   # the generated vocabulary's (tests/test_workflows_web.py)
     assert re.search(r'import \{[^}]*\bSTRATEGY_NAMES\b[^}]*\} from "\./ditfa_vocabulary\.js";', js)
-    assert json.loads(consts["WINDOW_KINDS"]) == list(plan_module.WINDOW_KINDS)
+    assert re.search(r'import \{[^}]*\bWINDOW_KINDS\b[^}]*\} from "\./ditfa_vocabulary\.js";', js)
+    vocabulary = (WEB / "ditfa_vocabulary.js").read_text(encoding="utf-8")
+    kinds = re.search(r"export const WINDOW_KINDS = Object.freeze\((\[[^\]]*\])\);", vocabulary)
+    assert kinds and json.loads(kinds.group(1)) == list(plan_module.WINDOW_KINDS) == ["band", "nbhd", "tile"]
     assert json.loads(consts["VERSIONS"]) == list(plan_module.SUPPORTED_VERSIONS)
 
 

@@ -9,7 +9,7 @@
 // lookup is by own key (Map.has, Set.has), never `in`. Plain ES module; its one import is the strategy
 // vocabulary generated from the server's registry (python3 -m ditfa_core.strategies).
 
-import { NEEDS_EARLIER_FULL, NOT_AT_STEP_0, STRATEGY_NAMES } from "./ditfa_vocabulary.js";
+import { NEEDS_EARLIER_FULL, NOT_AT_STEP_0, STRATEGY_NAMES, WINDOW_KINDS } from "./ditfa_vocabulary.js";
 
 export { STRATEGY_NAMES };
 
@@ -22,7 +22,6 @@ export const MAX_CELLS = 250000;
 export const MAX_ITEMS = MAX_CELLS + 256;
 export const MAX_DEPTH = 16;
 export const MAX_INT_DIGITS = 4300; // Python's int() refuses longer integer literals
-export const WINDOW_KINDS = ["band", "nbhd"];
 
 const STRATEGY_SET = new Set(STRATEGY_NAMES);
 const FIRST_STEP_BANNED = new Set(NOT_AT_STEP_0);

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..flops import plan_flops_fraction
 from ..strategies import Strategy
+from ..windows import KINDS
 from . import io, resample
 from .fields import (
     MAX_CELLS,
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 FORMAT = "ditfastattn-plan"
 VERSION = 1
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
-WINDOW_KINDS = ("band", "nbhd")
+WINDOW_KINDS = KINDS
 
 _STRATEGY_NAMES = ", ".join(s.value for s in Strategy)
 _BY_NAME: dict[str, Strategy] = {s.value: s for s in Strategy}
@@ -116,7 +117,7 @@ class WindowSetting:
         if self.fraction == 0.0:
             raise PlanError("calibration.window.fraction: must be > 0")
         if isinstance(self.radius, (list, tuple)):
-            if self.kind == "band":
+            if self.kind == "band":   # the one flat (1-D) shape
                 raise PlanError("calibration.window.radius: a band window takes one integer, got an array")
             _set(self, "radius", _ints(self.radius, "calibration.window.radius", 3, 0))
         elif self.radius is not None:

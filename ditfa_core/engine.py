@@ -195,7 +195,8 @@ class FastAttention:
         cell = self.schedule.cell(ctx.step, ctx.layer)
         keep_res = self.schedule.keeps_residual(ctx.step, ctx.layer)
         keep_out = self.schedule.keeps_output(ctx.step, ctx.layer)
-        if cell is Strategy.FULL and not keep_res and not keep_out:
+        keeps_any = any(keep_res) if isinstance(keep_res, tuple) else keep_res
+        if cell is Strategy.FULL and not keeps_any and not keep_out:
             self.stats.chunks[DENSE] += len(ctx.chunks)
             return self._dense(dense, q, k, v)
         rows = cfg.chunk_slices(q.shape[0], ctx.chunks)
@@ -218,13 +219,11 @@ class FastAttention:
         groups = _groups(cell, keep_res)
         for g in groups:
             self._decide(g, q, ctx, rows)
-        whole = None   # one computed tensor covering every chunk and head, in order
-        for g in groups:
-            whole = self._compute(g, q, k, v, ctx, rows, dense)
+        computed = [self._compute(g, q, k, v, ctx, rows, dense) for g in groups]
         for g in groups:
             self._borrow(g, q, k, v, ctx, rows, dense)
-        if whole is not None and len(groups) == 1:
-            out = whole
+        if len(groups) == 1 and computed[0] is not None:   # one tensor covers every chunk and head
+            out = computed[0]
         elif len(groups) == 1 and len(rows) == 1:
             out = groups[0].results[0]
         else:
@@ -338,16 +337,18 @@ class FastAttention:
         idx: list[int], q: torch.Tensor, ctx: CallContext, rows: list[slice],
     ) -> None:
         """Store R = O - W for the dense chunks ``idx`` of group ``g`` whose residual a later step
-        reads: at a FULL step, or where a residual-adding step fell back for want of one."""
+        reads: at a FULL step, or where the heads to refresh have none (a fallback: a skipped step, a
+        new shape). Only those heads are looked up: another head of the group lacking a residual (an
+        ARROW lane) must not make a non-FULL step overwrite the residual of its last FULL step."""
         if g.refresh == []:
             return
         st, b = self.state, qs.shape[0] // len(idx)
+        heads = None if g.heads is None else [g.heads[p] for p in (g.refresh or range(len(g.heads)))]
         which = [j for j, i in enumerate(idx) if g.strategy.is_full or st.residual(
-            ctx.layer, ctx.chunks[i].slot, q[rows[i]], ctx.layout, ctx.step, g.heads) is None]
+            ctx.layer, ctx.chunks[i].slot, q[rows[i]], ctx.layout, ctx.step, heads) is None]
         if not which:
             return
         pos = g.refresh if g.refresh is not None and len(g.refresh) < o.shape[1] else slice(None)
-        heads = None if g.heads is None else [g.heads[p] for p in (g.refresh or range(len(g.heads)))]
         sel = [slice(j * b, (j + 1) * b) for j in which]
         if len(which) == len(idx):
             w = self._window(qs[:, pos], ks[:, pos], vs[:, pos], ctx)

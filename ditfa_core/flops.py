@@ -51,19 +51,6 @@ def pattern_pair_fraction(pattern: PairCounted) -> float:
     return pattern.pair_count() / (n * n)
 
 
-def strategy_cost(
-    strategy: Strategy,
-    pair_fraction: float,
-    cond_fraction: float = 0.5,
-    refresh_residual: bool = False,
-) -> float:
-    """Cost of one (step, layer) relative to a dense call of the same shape: the strategy's own rule
-    (``StrategySpec.cost``: FULL 1, plus ``pair_fraction`` when it also runs the window pass whose
-    residual a later WA-RS step reads; AST 0; a window strategy ``pair_fraction``; CFG sharing
-    multiplies by ``cond_fraction``)."""
-    return strategy.cost(pair_fraction, cond_fraction, refresh_residual)
-
-
 def call_flops(
     strategy: Strategy,
     batch: int,
@@ -74,10 +61,10 @@ def call_flops(
     cond_fraction: float = 0.5,
     refresh_residual: bool = False,
 ) -> float:
-    """FLOPs one attention call spends under ``strategy`` (see ``strategy_cost`` for the rules)."""
+    """FLOPs one attention call spends under ``strategy`` (its record's ``cost`` gives the rules)."""
     full = full_attention_flops(batch, heads, n_tokens, head_dim)
     fraction = pattern.pair_count() / (n_tokens * n_tokens)
-    return full * strategy_cost(strategy, fraction, cond_fraction, refresh_residual)
+    return full * strategy.cost(fraction, cond_fraction, refresh_residual)
 
 
 def residual_refreshes(column: Sequence[Strategy]) -> list[bool]:
@@ -101,7 +88,7 @@ def plan_flops_fraction(
     """Attention FLOPs of a steps x layers grid relative to an all-FULL run of the same grid.
 
     Every (step, layer) of the uncompressed run costs the same dense call, so the fraction is the
-    mean of ``strategy_cost`` over the cells, with each FULL step's residual refresh decided by
+    mean of the strategies' ``cost`` over the cells, with each FULL step's residual refresh decided by
     ``residual_refreshes`` on its layer's column. A head-wise cell (a list of per-head strategies)
     weighs each head 1/H; its heads form separate columns for the refresh rule, and a per-layer
     cell in such a layer applies to every head.

@@ -71,9 +71,14 @@ def relative_error_per_head(o: torch.Tensor, o_prime: torch.Tensor, eps: float =
     _check(o, o_prime)
     if o.dim() != 4:
         raise ValueError(f"expected (B, H, N, D) tensors, got shape {tuple(o.shape)}")
-    share = o[:, 0].numel() / o.numel()
-    return torch.tensor([relative_error(o[:, h], o_prime[:, h], eps) * share for h in range(o.shape[1])],
-                        dtype=torch.float64)
+    heads, dtype = o.shape[1], _compute_dtype(o)
+    per = torch.zeros(heads, dtype=torch.float64, device=o.device)
+    step = max(1, _CHUNK // o[:, 0].numel())   # heads per pass: bounded temporaries, one sync at the end
+    for h in range(0, heads, step):
+        a, b = o[:, h:h + step].to(dtype, copy=True), o_prime[:, h:h + step].to(dtype, copy=True)
+        ratio = (a - b).abs_().div_(torch.maximum(a.abs_(), b.abs_()).add_(eps)).clamp_(0.0, 10.0)
+        per[h:h + step] = ratio.sum(dim=(0, 2, 3), dtype=torch.float64)
+    return (per / o.numel()).cpu()
 
 
 @torch.no_grad()

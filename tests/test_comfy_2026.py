@@ -22,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # helpers sit next to 
 
 from comfy_host import bootstrap_comfyui, comfyui_version
 from comfy_models import FACTORIES_2026, TinyModel, host_has, make_model
-from test_comfy_nodes import COMPRESSED, STEPS, _unload, apply, run  # noqa: F401 (_unload: autouse)
+from test_comfy_nodes import COMPRESSED, STEPS, apply, run
+
+pytestmark = pytest.mark.usefixtures("unload_models")
 
 
 def _require_2026(what: str) -> None:

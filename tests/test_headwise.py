@@ -146,17 +146,103 @@ def test_headwise_search_takes_what_saves_most():
     assert sorted(row[0]) == sorted((S.AST, S.WA_RS_ASC))
 
 
-def test_measured_savings_feed_the_knapsack():
-    """With ``saving="latency"`` the window candidates' saving is the timed kernel ratio on the call's
-    shape (reuse saves everything, dense nothing, CFG sharing half); the chosen row is a valid cell."""
+def test_measured_savings_feed_the_knapsack(monkeypatch):
+    """With ``saving="latency"`` the window's measured cost ratio takes the pair fraction's place in each
+    record's ``cost``: reuse saves everything, CFG sharing half, a window 1 - ratio."""
+    from ditfa_core.search import headwise
     from ditfa_core.search.latency import AttentionShape
 
+    monkeypatch.setattr(headwise, "window_cost_ratio", lambda shape, pattern: 0.4)
     search = HeadwiseSearch(3, 1, 10.0, WINDOW)
     search._shape[0] = (2, 0.25, 0.5)
     search._call[0] = (AttentionShape(2, 2, N, D), WINDOW.resolve(LAYOUT))
-    savings = search._savings(0, 2)
-    names = [S.FULL, *search.candidates]
-    assert savings[0, names.index(S.AST)] == 1.0 and savings[0, names.index(S.ASC)] == 0.5
-    assert 0.0 <= savings[0, names.index(S.ARROW)] <= 1.0
+    saved = dict(zip([S.FULL, *search.candidates], search._savings(0, 2)[0], strict=True))
+    assert saved == pytest.approx({S.FULL: 0.0, S.AST: 1.0, S.ASC: 0.5, S.ARROW: 0.6, S.WA_RS: 0.6,
+                                   S.WA_RS_ASC: 0.8, S.ARROW_ASC: 0.8})
     with pytest.raises(ValueError, match="saving must be one of"):
         HeadwiseSearch(3, 1, 10.0, WINDOW, saving="heads")
+
+
+@pytest.mark.parametrize("calls", ["one batch", "separate calls"])
+def test_cfg_share_is_counted_over_the_evaluations_calls(calls):
+    """A separate unconditional call is as much saved by CFG sharing as the unconditional half of a batch."""
+    q = qkv(0, b=1, h=2)[0]
+    search = HeadwiseSearch(3, 1, 0.1, WINDOW, saving="flops")
+    parts = [(torch.cat([q, q]), COND_UNCOND)] if calls == "one batch" else [(q, COND_UNCOND[:1]),
+                                                                              (q, COND_UNCOND[1:])]
+    for x, chunks in parts:
+        search._observe(x, x, CallContext(0, 1, chunks, LAYOUT, eval_key=1))
+    assert search._shape[0][2] == 0.5
+
+
+def _random_lane(rng, steps: int) -> list:
+    lane, full = [], False
+    for step in range(steps):
+        m = rng.choice([s for s in ALL if s.gap(step, full) is None])
+        lane.append(m)
+        full = full or m.is_full
+    return lane
+
+
+def _grid(lanes_by_layer, steps: int):
+    rows = []
+    for step in range(steps):
+        cells = [tuple(lane[step] for lane in lanes) for lanes in lanes_by_layer]
+        rows.append(tuple(c[0] if len(set(c)) == 1 else c for c in cells))
+    return tuple(rows)
+
+
+def _run_calls(grid, xs, mode: str, layouts):
+    """Every step and layer: one CFG batch, or cond then uncond calls (the uncond with shorter text)."""
+    e = FastAttention(Schedule(grid), WINDOW)
+    outs = []
+    for step, per_layer in enumerate(xs):
+        for layer, (q, k, v) in enumerate(per_layer):
+            if mode == "batch":
+                outs.append(e(q, k, v, CallContext(layer, step, COND_UNCOND, layouts[0], eval_key=step)))
+                continue
+            off = layouts[0].n_tokens - layouts[1].n_tokens
+            cond = CallContext(layer, step, COND_UNCOND[:1], layouts[0], eval_key=step)
+            uncond = CallContext(layer, step, COND_UNCOND[1:], layouts[1], eval_key=step)
+            outs.append(torch.cat([e(q[:1], k[:1], v[:1], cond)[..., off:, :],
+                                   e(q[1:, :, off:], k[1:, :, off:], v[1:, :, off:], uncond)]))
+    e.close()
+    return outs, e
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_headwise_plans_equal_each_heads_layer_wise_run(seed):
+    """Random legal head-wise plans (2 layers x 3 heads x 5 steps, per-layer cells mixed in), in one CFG
+    batch, separate calls, or separate calls with different text lengths: every head equals a layer-wise
+    run of its own lane, and the engine spends the FLOPs the plan promises."""
+    import random
+
+    rng = random.Random(seed)
+    steps, layers, heads = 5, 2, 3
+    mode = ("batch", "separate", "text lengths")[seed % 3]
+    text = (TokenLayout(72, image_start=8, grid=(1, 8, 8)), TokenLayout(68, image_start=4, grid=(1, 8, 8)))
+    layouts = text if mode == "text lengths" else (LAYOUT, LAYOUT)
+    lanes = [[_random_lane(rng, steps) for _ in range(heads)] for _ in range(layers)]
+    g = torch.Generator().manual_seed(seed)
+    xs = [[tuple(torch.randn(2, heads, layouts[0].n_tokens, D, generator=g, dtype=torch.float64)
+                 for _ in range(3)) for _ in range(layers)] for _ in range(steps)]
+    grid = _grid(lanes, steps)
+    out, e = _run_calls(grid, xs, mode, layouts)
+    for h in range(heads):
+        ref, _ = _run_calls(_grid([[lane[h]] for lane in lanes], steps), xs, mode, layouts)
+        for a, b in zip(out, ref, strict=True):
+            torch.testing.assert_close(a[:, h], b[:, h], atol=1e-10, rtol=0)
+    assert e.stats.fallbacks == 0
+    if mode != "text lengths":   # the accounting counts the shared unconditional text rows as free
+        pairs = WINDOW.resolve(LAYOUT).pair_count() / N**2
+        assert e.stats.flops_fraction == pytest.approx(plan_flops_fraction(grid, pairs), abs=1e-12)
+
+
+def test_applying_a_searched_plan_reproduces_the_search(reference):
+    """The search keeps every cache, Apply only what later steps read: the same grid gives the same images."""
+    from ditfa_core.reference.fastattn import calibrate, generate
+
+    out = calibrate(reference, torch.arange(2), mode="fast", delta=0.2, steps=6, granularity="head",
+                    window=WINDOW)
+    applied = generate(reference, torch.arange(2), out.grid, steps=6, window=WINDOW)
+    torch.testing.assert_close(applied.images, out.images, atol=1e-5, rtol=1e-5)

@@ -15,7 +15,6 @@ from ditfa_core.flops import (
     pattern_pair_fraction,
     plan_flops_fraction,
     residual_refreshes,
-    strategy_cost,
     window_attention_flops,
 )
 from ditfa_core.metrics import rel_l1, relative_error
@@ -126,7 +125,7 @@ def test_call_flops_by_hand():
     assert call_flops(WA, b, h, n, d, pattern) == 1536
     assert call_flops(ASC, b, h, n, d, pattern) == 3072
     assert call_flops(WAC, b, h, n, d, pattern) == 768
-    assert strategy_cost(ASC, 0.25, cond_fraction=0.25) == 0.25
+    assert ASC.cost(0.25, cond_fraction=0.25) == 0.25
 
 
 def test_call_flops_with_the_real_pattern():

@@ -71,12 +71,14 @@ def test_a_new_strategy_is_one_module(tmp_path):
             q = torch.randn(2, 2, 64, 8)
             e(q, q, q, CallContext(0, step, COND_UNCOND, layout, step))
         assert e.stats.chunks["share"] == 1 and e.stats.fallbacks == 0, e.stats
-        print(round(plan_flops_fraction(plan.grid, 0.25), 6), round(e.stats.flops_fraction, 6))
+        from ditfa_core.windows import WindowSpec
+        pairs = WindowSpec().resolve(layout).pair_count() / 64**2
+        print(plan_flops_fraction(plan.grid, pairs), e.stats.flops_fraction, pairs)
     ''')
     out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    promised, spent = map(float, out.stdout.split())
-    # Head 0: FULL with the window pass its step-1 residual needs (1.25), then 0.5 x 0.25; head 1: 1 + 1.
-    assert promised == pytest.approx(((1.25 + 0.125) + 2) / 2 / 2)
-    assert spent < 1.0
+    promised, spent, pairs = map(float, out.stdout.split())
+    # Head 0: FULL with the window pass its step-1 residual needs (1 + w), then 0.5 x w; head 1: 1 + 1.
+    assert promised == pytest.approx(((1 + pairs + 0.5 * pairs) + 2) / 2 / 2)
+    assert spent == pytest.approx(promised)

@@ -67,7 +67,7 @@ def _remap_lane(column: Sequence[Strategy], rows: Sequence[int]) -> list[Strateg
     last = None
     for r, strategy in enumerate(column):
         source.append(last)
-        if strategy is Strategy.FULL:
+        if strategy.is_full:
             last = r
     out, ran = [], None   # the plan row the run's most recent FULL step stands for
     for r in rows:
@@ -76,7 +76,7 @@ def _remap_lane(column: Sequence[Strategy], rows: Sequence[int]) -> list[Strateg
             out.append(Strategy.FULL)
             ran = source[r]
             continue
-        if strategy is Strategy.FULL:
+        if strategy.is_full:
             ran = r
         out.append(strategy)
     return out
@@ -99,13 +99,13 @@ def history_gaps(grid: Sequence[Sequence[Cell]], heads: int) -> list[Gap]:
                 why = cell.gap(step, all_full)
                 if why:
                     found.append((step, layer, None, why))
-                if cell is Strategy.FULL:
+                if cell.is_full:
                     has_full, all_full = [True] * heads, True
                 continue
             for head, strategy in enumerate(cell):
                 why = strategy.gap(step, has_full[head])
                 if why:
                     found.append((step, layer, head, why))
-                has_full[head] = has_full[head] or strategy is Strategy.FULL
+                has_full[head] = has_full[head] or strategy.is_full
             all_full = all(has_full)
     return found

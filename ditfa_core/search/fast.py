@@ -153,9 +153,13 @@ class FastSearch(PlanSearch):
 
     # -- 2. choose ---------------------------------------------------------------------------
 
+    def _pointless(self, m: Strategy) -> bool:
+        """Sharing CFG rows when the probe saw no unconditional branch (cfg 1) would save nothing."""
+        return m.shares_cfg and not self._saw_uncond
+
     def _local(self, layer: int, m: Strategy) -> float:
-        if m.shares_cfg and not self._saw_uncond:
-            return INFEASIBLE   # no unconditional branch (cfg 1): sharing it would save nothing
+        if self._pointless(m):
+            return INFEASIBLE
         total, count = self._err.get((layer, m), (INFEASIBLE, 0))
         return total / count if count else INFEASIBLE
 

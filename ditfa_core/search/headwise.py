@@ -33,7 +33,7 @@ from ..strategies import HEADWISE_CANDIDATES, Strategy
 from .base import Row
 from .fast import INFEASIBLE, FastSearch
 from .knapsack import multiple_choice_knapsack
-from .latency import AttentionShape, candidate_savings
+from .latency import AttentionShape, window_cost_ratio
 
 SAVINGS = ("latency", "flops")
 
@@ -52,10 +52,12 @@ class HeadwiseSearch(FastSearch):
         self._weight: dict[int, float] = {}                              # layer -> elements probed
         self._shape: dict[int, tuple[int, float, float]] = {}            # layer -> (heads, pairs, cond)
         self._call: dict[int, tuple[AttentionShape, object]] = {}         # layer -> (shape, pattern)
+        self._chunks: dict[int, list[int]] = {}                          # layer -> [borrowers, chunks]
 
     def _search_step(self, step: int, forward):
         self._head_err.clear()
         self._weight.clear()
+        self._chunks.clear()
         return super()._search_step(step, forward)
 
     # -- probe -------------------------------------------------------------------------------
@@ -63,8 +65,12 @@ class HeadwiseSearch(FastSearch):
     def _observe(self, q: torch.Tensor, k: torch.Tensor, ctx: CallContext) -> None:
         pattern = self.engine.pattern(ctx.layout)
         pairs = pattern.pair_count() / (q.shape[2] * k.shape[2])
-        borrowers = sum(c.role is Role.UNCOND for c in ctx.chunks)
-        cond = max(1 - borrowers / len(ctx.chunks), 1 / len(ctx.chunks))
+        # The share CFG sharing computes, over every call of this evaluation at this layer: a separate
+        # unconditional call borrows as much as the unconditional half of one batch.
+        seen = self._chunks.setdefault(ctx.layer, [0, 0])
+        seen[0] += sum(c.role is Role.UNCOND for c in ctx.chunks)
+        seen[1] += len(ctx.chunks)
+        cond = max(1 - seen[0] / seen[1], 1 / seen[1])
         self._shape[ctx.layer] = (q.shape[1], min(pairs, 1.0), cond)
         b, h, n, d = q.shape
         self._call[ctx.layer] = (AttentionShape(b, h, n, d, q.dtype, str(q.device)), pattern)
@@ -86,7 +92,7 @@ class HeadwiseSearch(FastSearch):
         cols = [np.zeros(heads)]
         for m in self.candidates:
             e = self._head_err.get((layer, m))
-            if e is None or e.shape[0] != heads or (m.shares_cfg and not self._saw_uncond):
+            if e is None or e.shape[0] != heads or self._pointless(m):
                 cols.append(np.full(heads, INFEASIBLE))
             else:
                 cols.append((e / self._weight[layer]).numpy())
@@ -95,14 +101,8 @@ class HeadwiseSearch(FastSearch):
     def _savings(self, layer: int, heads: int) -> np.ndarray:
         """(heads, 1 + candidates) attention time (or FLOPs) saved per head, as a fraction of a dense head."""
         _, pairs, cond = self._shape[layer]
-        if self.saving == "flops":
-            row = [0.0] + [1.0 - m.cost(pairs, cond) for m in self.candidates]
-        else:
-            shape, pattern = self._call[layer]
-            kinds = [(m.value, "reuse" if m.reuses_output else "window" if m.uses_window else "dense",
-                      cond if m.shares_cfg else 1.0) for m in self.candidates]
-            saved = candidate_savings(kinds, shape, lambda _name: pattern)
-            row = [0.0] + [saved[m.value] for m in self.candidates]
+        window = pairs if self.saving == "flops" else window_cost_ratio(*self._call[layer])
+        row = [0.0] + [1.0 - m.cost(window, cond) for m in self.candidates]   # the record prices it
         return np.tile(np.asarray(row), (heads, 1))
 
     def _choose(self, gain: float) -> tuple[Row, float]:

@@ -98,11 +98,6 @@ class StrategySpec:
         return self.kernel == "window"
 
     @property
-    def computes(self) -> bool:
-        """Whether the strategy runs an attention kernel at all (everything but output reuse)."""
-        return not self.reuses_output
-
-    @property
     def is_full(self) -> bool:
         """Dense on every row: the uncompressed computation, and the source of residuals."""
         return self.kernel == "dense" and not self.shares_cfg

@@ -126,7 +126,7 @@ def test_matched_flops_bisects_delta_towards_the_target(monkeypatch) -> None:
         def __init__(self, delta: float) -> None:
             self.delta, self.grid = delta, ()
 
-    monkeypatch.setattr(t1, "search", lambda m, c, mode, delta, cand: (seen.append(delta), Outcome(delta))[1])
+    monkeypatch.setattr(t1, "search", lambda m, c, mode, delta, cand, **_: (seen.append(delta), Outcome(delta))[1])
     monkeypatch.setattr(t1, "plan_flops", lambda m, c, o: 1.0 / (1.0 + 20 * o.delta))
     found = t1.matched(None, t1.Calib(), (S.AST,), target=0.6, tolerance=0.01)
     assert abs(1.0 / (1.0 + 20 * found.delta) - 0.6) <= 0.01

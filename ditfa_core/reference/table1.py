@@ -97,8 +97,9 @@ HEADWISE_ITERATIONS = 12
 """Bisection steps for a head-wise twin: a one-point window needs more than the technique-alone rows' 8."""
 
 
-def fast_name(level: str) -> str:
-    return f"fast {level} (δ={D_LEVELS[level]:.3f})"
+def level_name(mode: str, level: str) -> str:
+    """A search's row name at a paper level, e.g. "fast D3 (δ=0.075)"."""
+    return f"{mode} {level} (δ={D_LEVELS[level]:.3f})"
 
 
 def table(model: DiT, evaluator: PairedEvaluator, calib: Calib, *, fast_levels: Sequence[str],
@@ -133,7 +134,7 @@ def table(model: DiT, evaluator: PairedEvaluator, calib: Calib, *, fast_levels: 
     layerwise: dict[str, tuple[str, Samples, SearchOutcome]] = {}
     for mode, levels in (("fast", fast_levels), ("greedy", greedy_levels)):
         for level in levels:
-            done = measure(f"{mode} {level} (δ={D_LEVELS[level]:.3f})",
+            done = measure(level_name(mode, level),
                            lambda m=mode, d=D_LEVELS[level]: search(model, calib, m, d, progress=progress))
             if mode == "fast":
                 layerwise[level] = done
@@ -143,7 +144,7 @@ def table(model: DiT, evaluator: PairedEvaluator, calib: Calib, *, fast_levels: 
                     lambda c=candidates: matched(model, calib, c, alone_target))
     for level in headwise_levels:
         if level not in layerwise:
-            layerwise[level] = measure(fast_name(level), lambda d=D_LEVELS[level]: search(
+            layerwise[level] = measure(level_name("fast", level), lambda d=D_LEVELS[level]: search(
                 model, calib, "fast", d, progress=progress))
         base_name, base_samples, base = layerwise[level]
         target = plan_flops(model, calib, base)

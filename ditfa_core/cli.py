@@ -38,7 +38,7 @@ from .plan.io import write_atomic
 from .reference import WEIGHTS_DIR, DiT, load_reference, real_floor, weights_available
 from .reference.fastattn import SearchOutcome, calibrate, pair_fraction, token_layout
 from .reference.images import write_samples
-from .reference.quality import BATCH, EvalSet, PairedEvaluator, Row, markdown, sample_set
+from .reference.quality import BATCH, EvalSet, PairedEvaluator, Row, markdown, sample_set, versus_markdown
 from .reference.table1 import ALONE, D_LEVELS, Calib, as_json
 from .reference.table1 import table as table1
 from .windows import KINDS, WindowSpec
@@ -253,7 +253,10 @@ def cmd_table(args: argparse.Namespace) -> int:
     fast = args.levels if "fast" in args.modes else []
     greedy = args.greedy_levels if "greedy" in args.modes else []
     alone = args.alone or None
-    phases = 1 + 2 * (len(fast) + len(greedy)) + len(ALONE) * (alone is not None)
+    headwise = list(dict.fromkeys(args.headwise))
+    twins = [level for level in headwise if level not in fast]   # layer-wise plans searched for them
+    phases = (1 + 2 * (len(fast) + len(greedy) + len(twins)) + len(ALONE) * (alone is not None)
+              + len(headwise))
     progress = phase_progress(1, phases)
     ev = PairedEvaluator(model, classifier, evalset, window, progress)
     calib = Calib(args.calib_samples, args.steps, args.cfg, args.seed + 1, window)
@@ -271,8 +274,10 @@ def cmd_table(args: argparse.Namespace) -> int:
             write_atomic(args.json, json.dumps(payload, indent=1))   # an interrupted sweep keeps its rows
 
     table1(model, ev, calib, fast_levels=fast, greedy_levels=greedy, alone_target=alone,
-           progress=progress, report=report)
+           headwise_levels=headwise, progress=progress, report=report)
     print(markdown(rows, real_floor()))
+    if headwise:
+        print(versus_markdown(rows))
     return 0
 
 
@@ -343,6 +348,10 @@ def parser() -> Parser:
     t.add_argument("--alone", type=number(0, 1), default=0.6,
                    help="attention FLOPs share at which each technique alone (WA-RS, AST, ASC) is measured, "
                         "in [0, 1] (default 0.6; 0 leaves those rows out)")
+    t.add_argument("--headwise", nargs="*", choices=list(D_LEVELS), default=[], metavar="LEVEL",
+                   help="also head-wise plans (DiTFastAttnV2) at the attention FLOPs of the fast layer-wise "
+                        "plans of these levels (delta bisected to within 1 point), each compared with that "
+                        "plan, paired (e.g. --headwise D2 D3 D4; default none)")
     t.add_argument("--json", help="also write the rows and settings here (.json)")
     t.set_defaults(func=cmd_table)
     for sp in (c, s, t):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 
 import numpy as np
@@ -41,6 +42,7 @@ BAD_INPUTS = [
     (["sample", "--per-class", "2", "--out", "s.png"], "--out", ".npz"),
     (["sample", "--per-class", "2", "--out", "s.npz", "--plan", "nope.json"], "--plan", "no such file"),
     (["table", "--eval-samples", "1"], "--eval-samples", "[2, 20000]"),
+    (["table", "--headwise", "D7"], "--headwise", "D6"),
     (["calibrate", "--eval-samples", "1"], "--eval-samples", "at least 2"),
 ]
 
@@ -125,6 +127,23 @@ def test_calibrate_writes_plan_and_png_with_the_umask_and_prints_the_table(tmp_p
     assert out.stat().st_mode & 0o777 == 0o644 == out.with_suffix(".png").stat().st_mode & 0o777
     assert all(f"[{i}/4]" in captured.err for i in range(1, 5))
     assert "| raw | 100.0%" in captured.out and "admits" in captured.out
+
+
+@needs_weights
+def test_table_headwise_twins_are_compared_with_their_layerwise_plans(tmp_path, monkeypatch, capsys):
+    random_reference(monkeypatch)
+    out = tmp_path / "table.json"
+    code = cli.main(["table", "--steps", "2", "--calib-samples", "2", "--eval-samples", "4",
+                     "--modes", "fast", "--levels", "D2", "--alone", "0", "--headwise", "D2", "D2",
+                     "--json", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "[4/4]" in captured.err and "[5/" not in captured.err   # raw, D2 search + samples, twin samples
+    assert "| config | baseline | attention FLOPs (config / baseline) |" in captured.out
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["name"][:23] for r in rows] == ["raw", "fast D2 (δ=0.050)", "head-wise at fast D2's "]
+    assert rows[2]["versus"]["baseline"] == "fast D2 (δ=0.050)" and rows[1]["versus"] is None
+    assert rows[2]["versus"]["baseline_flops"] == rows[1]["flops"]
 
 
 @needs_weights

@@ -5,15 +5,17 @@ Fast: synthetic scores, tiny random-weight models; the measured numbers live in 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from ditfa_core.reference import DigitClassifier, DigitCNN, DiT, DiTConfig, FeatureStats
 from ditfa_core.reference import table1 as t1
-from ditfa_core.reference.classifier import NOT_A_DIGIT, non_digits
+from ditfa_core.reference.classifier import FEATURE_DIM, NOT_A_DIGIT, non_digits
 from ditfa_core.reference.fastattn import calibrate, generate
-from ditfa_core.reference.quality import EvalSet, Scores, compare, sample_set
+from ditfa_core.reference.quality import EvalSet, Interval, PairedEvaluator, Row, Scores, compare, sample_set
 from ditfa_core.strategies import Strategy as S
 
 
@@ -126,8 +128,75 @@ def test_matched_flops_bisects_delta_towards_the_target(monkeypatch) -> None:
         def __init__(self, delta: float) -> None:
             self.delta, self.grid = delta, ()
 
-    monkeypatch.setattr(t1, "search", lambda m, c, mode, delta, cand: (seen.append(delta), Outcome(delta))[1])
+    def search(m, c, mode, delta, cand, **_):
+        seen.append(delta)
+        return Outcome(delta)
+
+    monkeypatch.setattr(t1, "search", search)
     monkeypatch.setattr(t1, "plan_flops", lambda m, c, o: 1.0 / (1.0 + 20 * o.delta))
     found = t1.matched(None, t1.Calib(), (S.AST,), target=0.6, tolerance=0.01)
     assert abs(1.0 / (1.0 + 20 * found.delta) - 0.6) <= 0.01
     assert len(seen) <= 8
+
+
+def test_versus_is_the_paired_difference_to_a_baseline_configuration() -> None:
+    torch.manual_seed(0)
+    model = DiT(dataclasses.replace(DiTConfig.preset("mnist"), depth=2, zero_init=False)).eval()
+    judge = DigitClassifier(DigitCNN(), FeatureStats(np.zeros(FEATURE_DIM), np.eye(FEATURE_DIM), 1000))
+    ev = PairedEvaluator(model, judge, EvalSet(6, steps=2), resamples=50)
+    ast = ev.sample("ast", ((S.FULL, S.FULL), (S.AST, S.AST)))
+    assert ev.score("ast", ast).versus is None
+    against_raw = ev.score("ast", ast, baseline=("raw", ev.raw_samples))
+    v = against_raw.versus
+    assert v.baseline == "raw" and v.baseline_flops == 1.0
+    assert v.comparison.fid_delta == against_raw.comparison.fid_delta      # raw as baseline: the same numbers
+    assert v.comparison.rel_l1 == against_raw.comparison.rel_l1 > 0
+    itself = ev.score("ast", ast, baseline=("ast", ast)).versus.comparison
+    assert itself.fid_delta == itself.accuracy_delta == Interval(0.0, 0.0, 0.0) and itself.rel_l1 == 0.0
+
+
+def test_headwise_rows_match_the_layerwise_plans_flops_and_are_paired_with_them(monkeypatch) -> None:
+    """A head-wise twin per level: its layer-wise plan is searched once (also when it is a fast row),
+    delta is bisected to that plan's FLOPs within one point, and the twin is scored against its samples."""
+    searched, matched = [], []
+
+    @dataclasses.dataclass
+    class Outcome:
+        delta: float
+        generations: float = 2.0
+        seconds: float = 1.0
+
+        @property
+        def grid(self) -> str:
+            return f"grid {self.delta}"
+
+    def search(model, calib, mode, delta, candidates=None, progress=None, granularity="layer"):
+        searched.append((mode, delta, granularity))
+        return Outcome(delta)
+
+    def bisect(model, calib, candidates, target, tolerance, iterations, granularity):
+        matched.append((candidates, target, tolerance, granularity))
+        return Outcome(0.5 * (1 - target))
+
+    class Evaluator:
+        def row(self, name: str) -> Row:
+            return Row(name, 1.0, None)
+
+        def sample(self, label: str, grid: str) -> tuple[str, str]:
+            return ("samples", grid)
+
+        def score(self, name, samples, *, search_cost, search_seconds, baseline=None) -> Row:
+            return Row(name, 0.0, None, search_cost, search_seconds, versus=baseline)
+
+    monkeypatch.setattr(t1, "search", search)
+    monkeypatch.setattr(t1, "matched", bisect)
+    monkeypatch.setattr(t1, "plan_flops", lambda model, calib, outcome: 1 - outcome.delta)
+    rows = t1.table(None, Evaluator(), t1.Calib(), fast_levels=["D2"], greedy_levels=[], alone_target=None,
+                    headwise_levels=["D2", "D3"])
+    assert [r.name for r in rows] == ["raw", "fast D2 (δ=0.050)", "head-wise at fast D2's FLOPs (δ=0.0250)",
+                                      "fast D3 (δ=0.075)", "head-wise at fast D3's FLOPs (δ=0.0375)"]
+    assert searched == [("fast", t1.D_LEVELS["D2"], "layer"), ("fast", t1.D_LEVELS["D3"], "layer")]
+    assert matched == [(None, pytest.approx(0.95), 0.01, "head"), (None, pytest.approx(0.925), 0.01, "head")]
+    assert rows[2].versus == ("fast D2 (δ=0.050)", ("samples", "grid 0.05"))
+    assert rows[4].versus == ("fast D3 (δ=0.075)", ("samples", f"grid {t1.D_LEVELS['D3']}"))
+    assert rows[1].versus is None and rows[2].search_cost == 2.0

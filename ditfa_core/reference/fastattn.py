@@ -98,6 +98,7 @@ class SearchOutcome:
     seconds: float
     generations: float
     forwards: int
+    delta: float       # the error budget it was searched under
 
 
 def calibrate(
@@ -134,4 +135,4 @@ def calibrate(
     finally:
         search.close()
     seconds = time.perf_counter() - start
-    return SearchOutcome(search.grid(), images, seconds, search.generations, search.forwards)
+    return SearchOutcome(search.grid(), images, seconds, search.generations, search.forwards, delta)

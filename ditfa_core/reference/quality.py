@@ -177,6 +177,17 @@ def compare(raw: Scores, other: Scores, real: FeatureStats, *, rel_l1_value: flo
 
 
 @dataclass
+class Versus:
+    """A configuration against another compressed one on the same :class:`EvalSet` (e.g. a head-wise plan
+    against the layer-wise plan of the same attention FLOPs): ``comparison`` is :func:`compare` with the
+    baseline in the raw role, so its deltas are this configuration minus the baseline, paired."""
+
+    baseline: str
+    baseline_flops: float
+    comparison: Comparison
+
+
+@dataclass
 class Row:
     """One line of the quality table (paper Table 1 in miniature)."""
 
@@ -185,6 +196,7 @@ class Row:
     comparison: Comparison
     search_cost: float | None = None      # model forwards per sampling evaluation during the search
     search_seconds: float | None = None
+    versus: Versus | None = None
 
 
 HEADER = ["config", "attention FLOPs", "class accuracy [95% CI]", "Δ accuracy vs raw [95% CI]", "not a digit",
@@ -208,6 +220,23 @@ def markdown(rows: Sequence[Row], floor: dict[str, float] | None = None, header:
         real = [f"real digits (held-out, n={int(floor['n'])})", "-", f"{100 * floor['accuracy']:.1f}%", "-",
                 f"{100 * floor['not_a_digit_rate']:.1f}%", f"{floor['fid']:.2f}", "-", "-", "-", "-"]
         lines.append("| " + " | ".join(real) + " |")
+    return "\n".join(lines)
+
+
+VERSUS_HEADER = ["config", "baseline", "attention FLOPs (config / baseline)",
+                 "Δ accuracy vs baseline [95% CI]", "Δ FID vs baseline [95% CI]", "rel-L1 vs baseline"]
+
+
+def versus_markdown(rows: Sequence[Row]) -> str:
+    """The rows that have a :class:`Versus` as a markdown table of paired differences to their baseline."""
+    lines = ["| " + " | ".join(VERSUS_HEADER) + " |", "|" + "---|" * len(VERSUS_HEADER)]
+    for r in rows:
+        if r.versus is not None:
+            c = r.versus.comparison
+            lines.append("| " + " | ".join([
+                r.name, r.versus.baseline, f"{100 * r.flops:.1f}% / {100 * r.versus.baseline_flops:.1f}%",
+                c.accuracy_delta.format(100, signed=True), c.fid_delta.format(1, 2, signed=True),
+                f"{c.rel_l1:.4f}"]) + " |")
     return "\n".join(lines)
 
 
@@ -238,10 +267,19 @@ class PairedEvaluator:
         return self.score(name, samples, search_cost=search_cost, search_seconds=search_seconds)
 
     def score(self, name: str, samples: Samples, *, search_cost: float | None = None,
-              search_seconds: float | None = None) -> Row:
-        """Score already drawn samples of this evaluation set."""
+              search_seconds: float | None = None, baseline: tuple[str, Samples] | None = None) -> Row:
+        """Score already drawn samples of this evaluation set against the raw samples and, when given, also
+        against ``baseline`` = (its name, its samples of this set), paired the same way."""
         scores = Scores.of(self.classifier, samples.images, self.evalset.labels)
-        comparison = compare(self.raw, scores, self.classifier.real_stats,
-                             rel_l1_value=rel_l1(self.raw_samples.images, samples.images),
-                             resamples=self.resamples)
-        return Row(name, samples.flops_fraction, comparison, search_cost, search_seconds)
+        row = Row(name, samples.flops_fraction, self._compare(self.raw, self.raw_samples, scores, samples),
+                  search_cost, search_seconds)
+        if baseline is not None:
+            base_name, base = baseline
+            base_scores = Scores.of(self.classifier, base.images, self.evalset.labels)
+            row.versus = Versus(base_name, base.flops_fraction,
+                                self._compare(base_scores, base, scores, samples))
+        return row
+
+    def _compare(self, base: Scores, base_samples: Samples, scores: Scores, samples: Samples) -> Comparison:
+        return compare(base, scores, self.classifier.real_stats,
+                       rel_l1_value=rel_l1(base_samples.images, samples.images), resamples=self.resamples)

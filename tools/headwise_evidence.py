@@ -78,7 +78,7 @@ class Sizes:
     families: tuple[str, ...] = ("sd3", "flux", "qwen_image")
 
 
-FULL = Sizes(64, 24, 64, 5, ("band", "nbhd"), 1 / 8, 8, 32, 8, (0.1, 0.3), 4, 0.01)
+FULL = Sizes(64, 24, 64, 5, ("band", "nbhd"), 1 / 8, 8, 32, 8, (0.1, 0.3), 6, 0.01)
 QUICK = Sizes(16, 4, 16, 2, ("band",), 1 / 8, 2, 16, 3, (0.5,), 1, 0.05, ("flux",))
 
 
@@ -290,20 +290,26 @@ class Pairing:
                 "fallbacks": sum(e.stats.fallbacks for e in engines)}
 
     def matched(self, start: float, target: float) -> tuple[Any, int]:
-        """The head-wise plan whose attention FLOPs are nearest ``target``: δ bisected in log space
-        over [start / 8, start * 8] from ``start`` (a larger δ compresses more), at most
-        ``sizes.bisections`` calibrations."""
-        lo, hi, best, first = start / 8, start * 8, None, self.calibrations
+        """The head-wise plan whose attention FLOPs are nearest ``target`` and the calibrations it took
+        (at most ``sizes.bisections``): from δ = ``start``, δ x/÷ 4 until the target is bracketed (a
+        larger δ compresses more), then bisection in log δ between the nearest plans on either side."""
+        first, seen = self.calibrations, []   # (log δ, FLOPs - target, plan)
+        x = math.log(start)
         for _ in range(self.sizes.bisections):
-            delta = math.sqrt(lo * hi)
-            plan = self.calibrate(delta, "head")
+            plan = self.calibrate(math.exp(x), "head")
             gap = plan.cost.attn_flops_fraction - target
-            if best is None or abs(gap) < abs(best.cost.attn_flops_fraction - target):
-                best = plan
+            seen.append((x, gap, plan))
             if abs(gap) <= self.sizes.tolerance:
                 break
-            lo, hi = (delta, hi) if gap > 0 else (lo, delta)
-        return best, self.calibrations - first
+            above = [s[0] for s in seen if s[1] > 0]   # too many FLOPs left: δ must grow
+            below = [s[0] for s in seen if s[1] < 0]
+            if not below:
+                x = max(above) + math.log(4)
+            elif not above:
+                x = min(below) - math.log(4)
+            else:
+                x = (max(above) + min(below)) / 2
+        return min(seen, key=lambda s: abs(s[1]))[2], self.calibrations - first
 
 
 def host_rows(host: Host, sizes: Sizes, report: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:

@@ -135,14 +135,15 @@ def _masked(_length: int) -> dict[str, Any]:
     return {"attention_mask": _mask(_length, max(1, _length - 1))}
 
 
-def make_flux(seed: int = 0, cond_len: int = 6, uncond_len: int | None = None) -> TinyModel:
-    """Flux: double blocks then single blocks, joint [txt, img] attention."""
+def make_flux(seed: int = 0, cond_len: int = 6, uncond_len: int | None = None, heads: int = 2) -> TinyModel:
+    """Flux: double blocks then single blocks, joint [txt, img] attention; ``heads`` of width 32 (the sum
+    of ``axes_dim``, which Flux's RoPE requires)."""
     import comfy.supported_models as sm
     from comfy.ldm.flux.model import FluxParams
 
-
     cfg = dict(image_model="flux", guidance_embed=True, in_channels=16, out_channels=16, vec_in_dim=32,
-               context_in_dim=32, hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=2, depth_single_blocks=2,
+               context_in_dim=32, hidden_size=32 * heads, mlp_ratio=2.0, num_heads=heads, depth=2,
+               depth_single_blocks=2,
                axes_dim=[8, 12, 12], theta=10000, patch_size=2, qkv_bias=True)
     cfg = _with_new_fields(FluxParams, cfg, txt_ids_dims=[])
     gen = torch.Generator().manual_seed(seed + 1)
@@ -151,14 +152,17 @@ def make_flux(seed: int = 0, cond_len: int = 6, uncond_len: int | None = None) -
     return TinyModel("flux", _build(sm.Flux(cfg), seed), torch.zeros(1, 16, 8, 12), pos, neg)
 
 
-def make_sd3(seed: int = 0, cond_len: int = 7, uncond_len: int | None = None) -> TinyModel:
-    """SD3.5-style MMDiT with ``x_block_self_attn`` on layer 0 (an extra image-only attention call)."""
+def make_sd3(seed: int = 0, cond_len: int = 7, uncond_len: int | None = None, heads: int = 2) -> TinyModel:
+    """SD3.5-style MMDiT with ``x_block_self_attn`` on layer 0 (an extra image-only attention call).
+
+    ComfyUI's MMDiT ties its width to ``depth`` (``depth`` heads of 64): ``heads`` sets ``depth`` while
+    ``num_blocks`` keeps two joint blocks."""
     import comfy.supported_models as sm
 
-    cfg = dict(in_channels=16, pos_embed_scaling_factor=None, patch_size=2, out_channels=16, depth=2,
-               input_size=None, adm_in_channels=32,
+    cfg = dict(in_channels=16, pos_embed_scaling_factor=None, patch_size=2, out_channels=16, depth=heads,
+               num_blocks=2, input_size=None, adm_in_channels=32,
                context_embedder_config={"target": "torch.nn.Linear",
-                                        "params": {"in_features": 32, "out_features": 128}},
+                                        "params": {"in_features": 32, "out_features": 64 * heads}},
                num_patches=256, pos_embed_max_size=16, qk_norm="rms", x_block_self_attn_layers=[0])
     gen = torch.Generator().manual_seed(seed + 1)
     pos, neg = _conds(gen, cond_len, uncond_len, 32, _pooled(gen, 32))
@@ -217,12 +221,13 @@ def make_wan21_t2v(seed: int = 0, cond_len: int = 8, uncond_len: int | None = No
     return TinyModel("wan21_t2v", _build(sm.WAN21_T2V(cfg), seed), torch.zeros(1, 16, 3, 8, 12), pos, neg)
 
 
-def make_qwen_image(seed: int = 0, cond_len: int = 5, uncond_len: int | None = None) -> TinyModel:
-    """Qwen-Image: joint [txt, img] blocks; the latent is 5-D (B, 16, 1, H, W)."""
+def make_qwen_image(seed: int = 0, cond_len: int = 5, uncond_len: int | None = None,
+                    heads: int = 2) -> TinyModel:
+    """Qwen-Image: joint [txt, img] blocks of ``heads`` heads of 32; the latent is 5-D (B, 16, 1, H, W)."""
     import comfy.supported_models as sm
 
     cfg = dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16, num_layers=2,
-               attention_head_dim=32, num_attention_heads=2, joint_attention_dim=32,
+               attention_head_dim=32, num_attention_heads=heads, joint_attention_dim=32,
                axes_dims_rope=(8, 12, 12))
     gen = torch.Generator().manual_seed(seed + 1)
     pos, neg = _conds(gen, cond_len, uncond_len, 32)
@@ -409,7 +414,8 @@ def host_has(supported_model: str) -> bool:
 
 
 #: Every factory by family name. All take ``(seed=0, cond_len=..., uncond_len=None)``; ``uncond_len`` gives
-#: the negative a different text length (which forces cond and uncond into separate forwards).
+#: the negative a different text length (which forces cond and uncond into separate forwards); the MMDiT
+#: factories (``flux``, ``sd3``, ``qwen_image``) also take ``heads=2``.
 FACTORIES: dict[str, Callable[..., TinyModel]] = {
     "flux": make_flux,
     "sd3": make_sd3,

@@ -53,6 +53,7 @@ from ditfa_core.metrics import rel_l1
 from ditfa_core.schedule import Cell, Schedule
 from ditfa_core.strategies import Strategy
 from ditfa_core.windows import TokenLayout, WindowSpec
+from tools.benchmarks.common import cpu_name, markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +86,6 @@ QUICK = Sizes(16, 4, 16, 2, ("band",), 1 / 8, 2, 16, 3, (0.5,), 1, 0.05, ("flux"
 # -- the machine -------------------------------------------------------------------------------------
 
 
-def cpu_name() -> str:
-    """The CPU model (Linux), else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def load() -> str:
     """``uptime``'s line (who else is using the machine), else the load averages."""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -104,15 +96,6 @@ def load() -> str:
 def machine() -> dict[str, Any]:
     return {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
             "python": platform.python_version(), "load": load()}
-
-
-def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
-    """``columns`` is (row key, header) pairs; floats print with 3 decimals, missing keys as ``-``."""
-    def fmt(v: Any) -> str:
-        return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(k)) for k, _ in columns) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def spread(values: Sequence[float]) -> dict[str, float]:

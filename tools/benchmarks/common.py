@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from ditfa_core.plan.io import write_atomic
+
 
 def cpu_name() -> str:
     """The CPU model (Linux), else whatever platform knows."""
@@ -79,4 +81,5 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, 
 
 
 def write_json(path: str | Path, result: dict[str, Any]) -> None:
-    Path(path).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    """Write ``result`` as JSON atomically (the pack's one writer): a killed run never leaves half a file."""
+    write_atomic(path, json.dumps(result, indent=2, default=str) + "\n")

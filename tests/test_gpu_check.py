@@ -26,6 +26,8 @@ def test_dry_run_runs_every_section(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert {(r["tokens"], r["kind"]) for r in table["rows"]} == {(n, k) for n in (256, 576)
                                                                  for k in ("band", "nbhd")}
     assert {r["strategy"] for r in table["strategy_rows"]} >= {"FULL", "WA-RS", "WA-RS+ASC", "AST"}
+    heads = sections["headwise"]["rows"]
+    assert {r["windowed_heads"] for r in heads} >= {0, 4} and all(0 < r["flops_fraction"] <= 1 for r in heads)
 
     skipped_steps = []
     for name in gpu_check.E2E_MODELS:

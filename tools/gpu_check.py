@@ -14,7 +14,10 @@ passes its spare seconds on; one that overruns is killed and the rows it wrote s
    reference, fp32/bf16/fp16), outcome per test.
 2. ``table2``: the paper's Table 2 shape (16 heads x 72, bf16) at N = 4096, 16384, 32768: every window
    backend against dense attention, then every strategy through the engine.
-3. ``e2e_pixart_2k``, ``e2e_flux_1k``, ``e2e_flux_2k``: end to end through the real host with random
+3. ``headwise``: head-wise cells (DiTFastAttnV2) through the engine, 24 heads x 128, bf16, N = 4096 and
+   16384: latency as a share of the per-layer FULL call for 0-24 of 24 heads windowed (ARROW), vs the
+   engine's FLOPs fraction (``tools.headwise_evidence``).
+4. ``e2e_pixart_2k``, ``e2e_flux_1k``, ``e2e_flux_2k``: end to end through the real host with random
    weights (``tools.benchmarks.e2e``): unpatched, all-FULL, a plan at the paper's D6 FLOPs,
    EasyCache, and EasyCache with the plan, interleaved, medians with ranges.
 
@@ -51,10 +54,11 @@ class Section:
 
 SECTIONS = (
     Section("kernel_tests", 120, "CUDA kernel tests: every backend vs the fp64 reference"),
-    Section("table2", 120, "Paper Table 2 shape (16 heads x 72), window kernels and strategies"),
-    Section("e2e_pixart_2k", 100, "PixArt-Sigma-XL 2048^2 end to end"),
-    Section("e2e_flux_1k", 50, "Flux 1024^2 end to end"),
-    Section("e2e_flux_2k", 80, "Flux 2048^2 end to end"),
+    Section("table2", 110, "Paper Table 2 shape (16 heads x 72), window kernels and strategies"),
+    Section("headwise", 40, "Head-wise plans: latency per share of ARROW heads (24 heads x 128, bf16)"),
+    Section("e2e_pixart_2k", 95, "PixArt-Sigma-XL 2048^2 end to end"),
+    Section("e2e_flux_1k", 45, "Flux 1024^2 end to end"),
+    Section("e2e_flux_2k", 60, "Flux 2048^2 end to end"),
 )
 DEFAULT_BUDGET = 470.0     # seconds; the check must end within 8 minutes
 KILL_GRACE = 15.0          # seconds a section may overrun its limit before it is killed
@@ -69,6 +73,8 @@ TABLE2 = {"gpu": dict(tokens=[4096, 16384, 32768], heads=16, head_dims=[72], dty
 E2E_MODELS = {"e2e_pixart_2k": ("pixart_sigma_2k", "pixart_sigma_smoke"),
               "e2e_flux_1k": ("flux_1k", "flux_smoke"),
               "e2e_flux_2k": ("flux_2k", "flux_smoke")}
+HEADWISE = {"gpu": dict(sides=[64, 128], heads=24, head_dim=128, rounds=10, kinds=("band", "nbhd")),
+            "dry": dict(sides=[8], heads=4, head_dim=16, rounds=2, kinds=("band",))}
 E2E = {"gpu": dict(steps=10, repeats=5, warmup_steps=1, dtype="bf16"),
        "dry": dict(steps=4, repeats=2, warmup_steps=1, dtype="fp32")}
 
@@ -158,6 +164,30 @@ def table2(args: argparse.Namespace, rec: Recorder) -> None:
             rec.save()
 
 
+def headwise(args: argparse.Namespace, rec: Recorder) -> None:
+    """DiTFastAttnV2's head-wise cells through the engine: latency per share of windowed heads, vs FLOPs."""
+    import dataclasses
+
+    import torch
+
+    from tools import headwise_evidence
+
+    cfg = HEADWISE["dry" if args.dry_run else "gpu"]
+    device, dtype = ("cpu", torch.float32) if args.dry_run else ("cuda", torch.bfloat16)
+    rec.result["settings"] = {**cfg, "device": device, "dtype": str(dtype)}
+    for side in cfg["sides"]:
+        if rec.left() < 5:
+            rec.result["notes"].append(f"N={side * side}: not run, the section's time was spent")
+            continue
+        sizes = dataclasses.replace(headwise_evidence.QUICK, side=side, heads=cfg["heads"],
+                                    head_dim=cfg["head_dim"], rounds=cfg["rounds"], kinds=cfg["kinds"],
+                                    device=device, dtype=dtype)
+        for kind in sizes.kinds:
+            rows = headwise_evidence.kernel_rows(sizes, kind, torch.get_num_threads())
+            rec.result["rows"] += [{**row, "tokens": side * side} for row in rows]
+            rec.save()
+
+
 def e2e(args: argparse.Namespace, rec: Recorder) -> None:
     """One model through the real host (the section name picks it), within the section's time."""
     import torch
@@ -191,7 +221,7 @@ def e2e(args: argparse.Namespace, rec: Recorder) -> None:
 
 
 RUNNERS: dict[str, Callable[[argparse.Namespace, Recorder], None]] = {
-    "kernel_tests": kernel_tests, "table2": table2,
+    "kernel_tests": kernel_tests, "table2": table2, "headwise": headwise,
     **{name: e2e for name in E2E_MODELS},
 }
 
@@ -284,7 +314,7 @@ def run_child(section: Section, limit: float, args: argparse.Namespace, env: dic
 
 
 def summary(report: dict[str, Any]) -> str:
-    """Markdown: machine, section status, test outcomes, the Table 2 rows and the e2e rows."""
+    """Markdown: machine, section status, test outcomes, Table 2, the head-wise rows, the e2e rows."""
     from tools.benchmarks import e2e as bench
     from tools.benchmarks import kernels
     from tools.benchmarks.common import markdown_table
@@ -312,6 +342,10 @@ def summary(report: dict[str, Any]) -> str:
         lines += [markdown_table(table["rows"], kernels.WINDOW_COLUMNS), ""]
     if table.get("strategy_rows"):
         lines += [markdown_table(table["strategy_rows"], kernels.STRATEGY_COLUMNS), ""]
+    heads = sections.get("headwise", {}).get("rows", [])
+    if heads:
+        from tools.headwise_evidence import kernel_table
+        lines += [kernel_table(heads), ""]
     e2e_rows = [r for name in E2E_MODELS for r in sections.get(name, {}).get("rows", [])]
     if e2e_rows:
         lines += [markdown_table(e2e_rows, bench.COLUMNS), ""]

@@ -77,6 +77,8 @@ class Sizes:
     bisections: int         # head-wise calibrations per pairing, at most
     tolerance: float        # |FLOPs(head) - FLOPs(layer)| that ends the bisection
     families: tuple[str, ...] = ("sd3", "flux", "qwen_image")
+    device: str = "cpu"     # where the kernel part runs (the GPU check passes "cuda")
+    dtype: torch.dtype = torch.float32
 
 
 FULL = Sizes(64, 24, 64, 5, ("band", "nbhd"), 1 / 8, 8, 32, 8, (0.1, 0.3), 6, 0.01)
@@ -121,10 +123,12 @@ def windowed(cell: Cell) -> int:
 
 
 def inputs(sizes: Sizes, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, CallContext]:
-    """Random fp32 (2, H, N, D) q, k, v and the call: layer 0, step 0, cond/uncond chunks, 1 x s x s grid."""
+    """Random (2, H, N, D) q, k, v of ``sizes.dtype`` on ``sizes.device`` and the call: layer 0, step 0,
+    cond/uncond chunks, 1 x s x s grid."""
     n = sizes.side**2
     gen = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(2, sizes.heads, n, sizes.head_dim, generator=gen) for _ in range(3))
+    q, k, v = (torch.randn(2, sizes.heads, n, sizes.head_dim, generator=gen).to(sizes.device, sizes.dtype)
+               for _ in range(3))
     return q, k, v, CallContext(0, 0, COND_UNCOND, TokenLayout(n, grid=(1, sizes.side, sizes.side)))
 
 
@@ -136,7 +140,8 @@ def kernel_rows(sizes: Sizes, kind: str, threads: int) -> list[dict[str, Any]]:
     window = WindowSpec(kind, sizes.fraction)
     cells = head_patterns(sizes.heads)
     engines = {name: FastAttention(Schedule(((cell,),)), window) for name, cell in cells.items()}
-    calls = {name: (lambda e=e: e(q, k, v, ctx)) for name, e in engines.items()}
+    sync = torch.cuda.synchronize if q.is_cuda else (lambda: None)
+    calls = {name: (lambda e=e: (e(q, k, v, ctx), sync())) for name, e in engines.items()}
     for call in calls.values():   # warm-up: the kernel choice, the resolved window
         call()
     flops = {name: e.stats.flops_fraction for name, e in engines.items()}
@@ -349,7 +354,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 def run_kernels(sizes: Sizes, threads: Sequence[int]) -> dict[str, Any]:
     n = sizes.side**2
     print(f"\n## Kernel latency per head pattern: B=2 (cond/uncond), H={sizes.heads}, N={n} "
-          f"(grid 1x{sizes.side}x{sizes.side}), D={sizes.head_dim}, fp32, {sizes.rounds} rounds\n")
+          f"(grid 1x{sizes.side}x{sizes.side}), D={sizes.head_dim}, {sizes.dtype}, {sizes.device}, "
+          f"{sizes.rounds} rounds\n")
     rows = [r for t in threads for kind in sizes.kinds for r in kernel_rows(sizes, kind, t)]
     print(kernel_table(rows))
     worst = max(rows, key=lambda r: r["lat_per_flops"])

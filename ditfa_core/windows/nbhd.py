@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from .layout import Grid, TokenLayout
-from .shape import Bounds, IntLike, WindowShape
+from .shape import Bounds, IntLike, WindowShape, box_radii
 
 
 def window(c: torch.Tensor, size: IntLike, radius: IntLike, tile: IntLike) -> Bounds:
@@ -19,12 +19,7 @@ def resolve(layout: TokenLayout, fraction: float, radius: int | Grid | None) -> 
     """The radius given (one for all axes or one per axis), else a box of ``fraction`` of the image:
     each windowed axis (size > 1) gets the same share fraction^(1/d) of its extent."""
     grid = layout.grid3
-    if radius is not None:
-        radii = (radius,) * 3 if isinstance(radius, int) else radius
-    else:
-        d = sum(1 for s in grid if s > 1)
-        scale = fraction ** (1 / d) if d else 1.0
-        radii = tuple(max(0, round((scale * s - 1) / 2)) for s in grid)
+    radii = box_radii(grid, fraction, radius)
     clamped = tuple(min(int(r), max(s - 1, 0)) for r, s in zip(radii, grid, strict=True))
     return clamped, (1, 1, 1)
 

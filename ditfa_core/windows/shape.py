@@ -45,6 +45,18 @@ def smaller(a: IntLike, b: IntLike) -> IntLike:
     return min(a, b)
 
 
+def box_radii(extents: Grid, fraction: float, radius: int | Grid | None, grid: Grid | None = None) -> Grid:
+    """Per-axis radii of a box window: ``radius`` when given (one for all axes, or one per axis), else the
+    box spanning ``fraction`` of the volume: each of the d axes of ``grid`` (default ``extents``) longer
+    than 1 gets fraction^(1/d) of its extent in ``extents`` (tokens for ``nbhd``, tiles for ``tile``).
+    Not yet clamped to the grid."""
+    if radius is not None:
+        return (radius,) * 3 if isinstance(radius, int) else tuple(radius)
+    d = sum(1 for s in (grid or extents) if s > 1)
+    scale = fraction ** (1 / d) if d else 1.0
+    return tuple(max(0, round((scale * s - 1) / 2)) for s in extents)
+
+
 def coords(local: torch.Tensor, h: IntLike, w: IntLike) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(t, y, x) grid coordinates of raster-order image indices on a (., h, w) grid."""
     return local // (h * w), (local // w) % h, local % w

@@ -17,7 +17,7 @@ import math
 import torch
 
 from .layout import Grid, TokenLayout
-from .shape import Bounds, IntLike, WindowShape, smaller
+from .shape import Bounds, IntLike, WindowShape, box_radii, smaller
 
 # Tokens per tile: about 1/8 of the window's keys (a 2-D window is then ~3 tiles wide per axis, so it is
 # not too coarse), a power of two from 16 to 256. Big tiles pay on the CPU: SDPA's cost per pair falls
@@ -61,13 +61,8 @@ def resolve(layout: TokenLayout, fraction: float, radius: int | Grid | None) -> 
     Radii are clamped to where the window covers the axis, so equal windows hash equal."""
     grid = layout.grid3
     tile = tile_sizes(grid, tile_tokens(layout.n_image, fraction))
-    n_tiles = [math.ceil(s / t) for s, t in zip(grid, tile, strict=True)]
-    if radius is not None:
-        radii = (radius,) * 3 if isinstance(radius, int) else radius
-    else:
-        d = sum(1 for s in grid if s > 1)
-        scale = fraction ** (1 / d) if d else 1.0
-        radii = tuple(max(0, round((scale * n - 1) / 2)) for n in n_tiles)
+    n_tiles = tuple(math.ceil(s / t) for s, t in zip(grid, tile, strict=True))
+    radii = box_radii(n_tiles, fraction, radius, grid)
     return tuple(min(int(r), n // 2) for r, n in zip(radii, n_tiles, strict=True)), tile
 
 

@@ -22,7 +22,7 @@ from ditfa_core.flops import plan_flops_fraction
 from ditfa_core.plan import Cost, ModelInfo, Plan
 from ditfa_core.strategies import Strategy
 from tools.benchmarks.__main__ import main
-from tools.benchmarks.e2e import PIXART_2K, synthesise_grid
+from tools.benchmarks.e2e import MODELS, PIXART_2K, synthesise_grid, with_depth
 
 
 @pytest.fixture(autouse=True)
@@ -90,3 +90,13 @@ def test_e2e_suite_through_comfyui(tmp_path: Path) -> None:
         elif r["config"].startswith("D"):
             assert r["engine_flops"] < 1.0 and r["fallbacks"] == 0 and r["attention_s"] > 0
     assert any(r["config"] == "EasyCache" for r in rows)
+
+
+def test_depth_override_keeps_the_real_geometry_but_the_block_count() -> None:
+    """``--depth`` lets a CPU time real width, heads and tokens: only the block-count keys change."""
+    for name, keys in (("pixart_sigma_1k", ("depth",)), ("flux_1k", ("depth", "depth_single_blocks")),
+                       ("wan21_1.3b_480p", ("num_layers",))):
+        spec = MODELS[name]
+        small = with_depth(spec, 2)
+        assert {k: v for k, v in small.unet.items() if spec.unet[k] != v} == dict.fromkeys(keys, 2)
+        assert small.latent == spec.latent and with_depth(spec, 0) is spec

@@ -147,6 +147,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"EasyCache reuse_threshold (default {FORCED_SKIP:g}: skip every step it may); "
                              "<= 0: no EasyCache rows")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--depth", type=int, default=0,
+                        help="blocks of each model (0: the real depth); the real width, heads and tokens "
+                             "are kept, so a CPU can time real geometry: attention's share of a block does "
+                             "not depend on how many blocks there are")
+
+
+DEPTH_KEYS = {"pixart_sigma": ("depth",), "flux": ("depth", "depth_single_blocks"), "wan2.1": ("num_layers",)}
+"""Which config keys count blocks, per ComfyUI image model."""
+
+
+def with_depth(spec: ModelSpec, depth: int) -> ModelSpec:
+    """``spec`` with ``depth`` blocks (Flux: of each kind); 0 leaves it as it is."""
+    if depth <= 0:
+        return spec
+    keys = DEPTH_KEYS[spec.unet["image_model"]]
+    return dataclasses.replace(spec, unet={**spec.unet, **{k: depth for k in keys}})
 
 
 # -- plans --------------------------------------------------------------------------------------------
@@ -555,7 +571,7 @@ def run_suite(args: argparse.Namespace, device: torch.device) -> dict:
     specs = {**MODELS, **SMOKE_MODELS}
     rows = []
     for name in args.models:
-        rows += bench_model(name, specs[name], args, device, dtype, host)
+        rows += bench_model(name, with_depth(specs[name], args.depth), args, device, dtype, host)
         comfy.model_management.unload_all_models()   # the model goes before the next one is built
         gc.collect()
         if device.type == "cuda":
@@ -563,6 +579,7 @@ def run_suite(args: argparse.Namespace, device: torch.device) -> dict:
     print(f"\n### End to end through ComfyUI ({dtype_name}, euler, window {args.window} "
           f"{args.window_fraction:g}; speedup vs unpatched, attention speedup vs all-FULL)\n")
     print(markdown_table(rows, COLUMNS))
-    return {"settings": {"dtype": dtype_name,
-                         "geometry": {n: dataclasses.asdict(specs[n]) for n in args.models}},
+    return {"settings": {"dtype": dtype_name, "depth": args.depth or "real",
+                         "geometry": {n: dataclasses.asdict(with_depth(specs[n], args.depth))
+                                      for n in args.models}},
             "rows": rows}

@@ -101,8 +101,9 @@ def sample_times(n: int, uniform_fraction: float, generator: torch.Generator) ->
     return torch.where(torch.rand(n, generator=generator) < uniform_fraction, uniform, logit_normal)
 
 
-def fit_dit(images: Tensor, labels: Tensor, args: argparse.Namespace) -> None:
-    """Flow-matching training: x_t = (1 - t) x0 + t eps, regress v = eps - x0, 10% null labels for CFG."""
+def fit_dit(images: Tensor, labels: Tensor, args: argparse.Namespace) -> str:
+    """Flow-matching training: x_t = (1 - t) x0 + t eps, regress v = eps - x0, 10% null labels for CFG.
+    Returns the one-line summary (steps, images, minutes, loss, and accuracy and FID when judged)."""
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     config = DiTConfig.preset(args.preset)
@@ -170,7 +171,7 @@ def fit_dit(images: Tensor, labels: Tensor, args: argparse.Namespace) -> None:
     if classifier is not None:
         result = evaluate(ema, classifier, args.eval_samples, 20, 4.0)
         summary += f" accuracy@cfg4={result.accuracy:.3f} fid={result.fid:.2f} (n={args.eval_samples})"
-    print(summary, flush=True)
+    return summary
 
 
 def save_state(path: Path, model: DiT, ema: DiT, optimizer: torch.optim.Optimizer,
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.part == "classifier" or (args.part == "all" and not have_classifier):
         fit_classifier(images, labels, args.out)
     if args.part in ("all", "dit"):
-        fit_dit(images, labels, args)
+        print(fit_dit(images, labels, args), flush=True)   # the command line's result
 
 
 if __name__ == "__main__":

@@ -111,7 +111,9 @@ class Recorder:
         return self.limit - (time.perf_counter() - self.started) if self.limit else float("inf")
 
     def save(self) -> None:
-        self.path.write_text(json.dumps(self.result, indent=2, default=str) + "\n")
+        from tools.benchmarks.common import write_json  # atomic: a killed section leaves a whole file
+
+        write_json(self.path, self.result)
 
 
 def kernel_tests(args: argparse.Namespace, rec: Recorder) -> None:
@@ -267,6 +269,8 @@ def preflight(args: argparse.Namespace) -> dict[str, Any]:
 
 def drive(args: argparse.Namespace) -> dict[str, Any]:
     """Every section in its own process, each limited to its share plus what earlier ones left."""
+    from tools.benchmarks.common import write_json
+
     out = out_dir(args)
     env = {**os.environ, **({"COMFYUI_PATH": str(Path(args.comfyui).absolute())} if args.comfyui else {})}
     if args.comfyui:
@@ -285,9 +289,9 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
             {"status": "skipped: the check's budget was spent", "rows": []}
         spare = max(0.0, section.seconds + spare - result.get("seconds", 0.0))
         report["sections"][section.name] = result
-        (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+        write_json(out / "gpu_check.json", report)
     report["seconds"] = time.perf_counter() - started
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_json(out / "gpu_check.json", report)
     return report
 
 

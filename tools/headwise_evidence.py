@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import dataclasses
 import importlib
-import json
 import logging
 import math
 import os
@@ -53,7 +52,7 @@ from ditfa_core.metrics import rel_l1
 from ditfa_core.schedule import Cell, Schedule
 from ditfa_core.strategies import Strategy
 from ditfa_core.windows import TokenLayout, WindowSpec
-from tools.benchmarks.common import cpu_name, markdown_table
+from tools.benchmarks.common import cpu_name, markdown_table, write_json
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(threads)
     result["machine"]["load_after"] = load()
     print(f"\nload after: {result['machine']['load_after']}")
-    Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_json(args.json, result)
     return result
 
 

@@ -226,6 +226,11 @@ def _reduce(f: _Frontier, budget: float) -> tuple[_Frontier, np.ndarray]:
         else:
             lam = -neg_slope if lam is None else lam
             stopped[g] = True
+    if math.fsum(f.error[at]) > budget:
+        # ``room`` is a running float difference: at the last ulp it can let one step too many in
+        # (a budget one ulp under the all-best total). The bound holds for any lam >= 0; the incumbent
+        # must be feasible, so fall back to the lowest errors.
+        at = starts.copy()
     value = f.saving - (lam or 0.0) * f.error
     best = np.maximum.reduceat(value, starts)
     bound = (lam or 0.0) * budget + math.fsum(best) - best[f.group] + value

@@ -52,6 +52,8 @@ CASES = {
     "tile-video+text": (TokenLayout(3 + 4 * 8 * 12 + 5, image_start=3, grid=(4, 8, 12)),
                         WindowSpec("tile", radius=(0, 1, 1)), 1, 3, 32),
     "tile-partial": (TokenLayout(23 * 19, grid=(1, 23, 19)), WindowSpec("tile", radius=1), 1, 2, 16),
+    "tile-r2+text": (TokenLayout(5 + 40 * 48, image_start=5, grid=(1, 40, 48)), WindowSpec("tile", radius=2),
+                     1, 2, 32),
 }
 
 
@@ -126,6 +128,29 @@ def test_blocked_is_exact_for_any_tile_size(case: str, block: int) -> None:
     ref = reference_attention(q, k, v, pattern)
     out = blocked.attention(q, k, v, pattern, block=block)
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_tiled_runs_2d_grids_on_strips_and_3d_grids_on_gathers() -> None:
+    """Both ways of handing SDPA the window tiles are exact; a video whose time axis is one tile deep is
+    a 2-D tile grid (strips), a deeper one is gathered."""
+    for grid, radius, tile, strips in (((2, 8, 8), (0, 1, 1), (2, 2, 2), True),
+                                       ((4, 8, 8), (1, 1, 1), (2, 2, 2), False),
+                                       ((1, 12, 20), (0, 1, 2), (1, 3, 4), True)):
+        layout = TokenLayout(7 + grid[0] * grid[1] * grid[2], 7, grid)
+        pattern = AttentionPattern(layout, "tile", radius, tile)
+        assert tiled.strided(pattern) == strips
+        gen = torch.Generator().manual_seed(1)
+        q, k, v = (torch.randn(1, 3, pattern.layout.n_tokens, 16, generator=gen) for _ in range(3))
+        torch.testing.assert_close(tiled.attention(q, k, v, pattern).double(),
+                                   reference_attention(q, k, v, pattern), atol=1e-5, rtol=1e-5)
+
+
+def test_window_runs_follow_the_tile_window_rule() -> None:
+    """Window starts clamp(i - R, 0, n - k): constant at the borders, advancing by one inside."""
+    assert tiled.window_starts(8, 5, 2) == [0, 0, 0, 1, 2, 3, 3, 3]
+    assert tiled.window_runs(8, 5, 2) == [(0, 3, 0, 0), (3, 6, 1, 1), (6, 8, 3, 0)]
+    assert tiled.window_runs(3, 3, 1) == [(0, 3, 0, 0)]
+    assert tiled.window_runs(6, 3, 1) == [(0, 2, 0, 0), (2, 5, 1, 1), (5, 6, 3, 0)]
 
 
 def test_window_covering_sequence_equals_dense() -> None:

@@ -172,8 +172,8 @@ def candidates(pattern: AttentionPattern, device: torch.device, dtype: torch.dty
         b = _BACKENDS[name]
         if (not cpu or b.automatic_on_cpu) and b.supports(pattern, device, dtype):
             tiles = tuning.CPU_TILES.get(name, (None,)) if cpu else (None,)
-            if name == "blocked" and pattern.shape.tiled:
-                tiles = (None,)   # blocked runs a tiled pattern on the pattern's own tiles
+            if (name == "blocked" and pattern.shape.tiled) or (name == "tiled" and tiled.strided(pattern)):
+                tiles = (None,)   # its own tiles / column strips: no size to choose
             out += [tuning.Choice(name, tile, t) for t in threads for tile in tiles]
     return out
 

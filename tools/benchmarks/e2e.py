@@ -2,13 +2,15 @@
 
 The models are ComfyUI's own classes (``comfy.supported_models``) at real geometry with random weights
 (time does not depend on the weights' values): PixArt-Sigma-XL at 1K and 2K, Flux at 1K and 2K, Wan 2.1
-T2V 1.3B at 480p x 81 frames. The pack is loaded as ComfyUI loads it (a package under its folder's name,
-``tests/comfy_host.load_pack``) and applied through its node, ``DiTFastAttnApply``, so every hook and
-wrapper of ``nodes/`` is on the measured path. Plans are synthesised to the attention FLOPs of the
-paper's D1-D6 plans (Table 1; OpenSora's five for video) by ``synthesise_grid``.
+T2V 1.3B at 480p x 81 frames (and x 17 frames, a clip a CPU can time). The pack is loaded as ComfyUI
+loads it (a package under its folder's name, ``tests/comfy_host.load_pack``) and applied through its
+node, ``DiTFastAttnApply``, so every hook and wrapper of ``nodes/`` is on the measured path. Plans are
+synthesised to the attention FLOPs of the paper's D1-D6 plans (Table 1; OpenSora's five for video) by
+``synthesise_grid``.
 
 Needs a ComfyUI 0.3.64+ checkout (``COMFYUI_PATH``) and this repository's ``tests/`` (the headless
-bootstrap). Real geometry needs a GPU; ``--smoke`` runs the same classes at toy sizes on a CPU.
+bootstrap). Full depth at real geometry needs a GPU; ``--depth`` keeps a few blocks of the real width,
+heads and tokens for a CPU; ``--smoke`` runs the same classes at toy sizes.
 
 Fairness: every configuration runs on the same dense kernel (torch SDPA, see ``dense_kernel``; the
 host's own default is measured beside it when it differs), configurations are interleaved round by
@@ -40,7 +42,7 @@ import torch
 
 from ditfa_core.flops import plan_flops_fraction
 from ditfa_core.strategies import Strategy
-from ditfa_core.windows import TokenLayout, WindowSpec
+from ditfa_core.windows import KINDS, TokenLayout, WindowSpec
 
 from .common import markdown_table
 
@@ -67,6 +69,7 @@ class ModelSpec:
     cfg: float
     extra: dict[str, Any] = field(default_factory=dict)   # per-cond kwargs besides the text
     pooled: int = 0                       # width of a pooled text vector, 0 = none
+    joint_text: bool = False              # the text tokens are in the self-attention sequence (MMDiT)
 
 
 def _pixart(input_size: int, hidden: int, depth: int, heads: int, caption: int, text: int) -> dict[str, Any]:
@@ -94,11 +97,14 @@ MODELS: dict[str, ModelSpec] = {
     "pixart_sigma_2k": ModelSpec("PixArtSigma", _pixart(256, 1152, 28, 16, 4096, 300), (1, 4, 256, 256),
                                  (300, 4096), 16, PIXART_2K, 4.5),
     "flux_1k": ModelSpec("Flux", _flux(3072, 24, 19, 38, [16, 56, 56], 768, 4096), (1, 16, 128, 128),
-                         (512, 4096), 24, PIXART_1K, 1.0, {"guidance": 3.5}, pooled=768),
+                         (512, 4096), 24, PIXART_1K, 1.0, {"guidance": 3.5}, pooled=768, joint_text=True),
     "flux_2k": ModelSpec("Flux", _flux(3072, 24, 19, 38, [16, 56, 56], 768, 4096), (1, 16, 256, 256),
-                         (512, 4096), 24, PIXART_2K, 1.0, {"guidance": 3.5}, pooled=768),
+                         (512, 4096), 24, PIXART_2K, 1.0, {"guidance": 3.5}, pooled=768, joint_text=True),
     "wan21_1.3b_480p": ModelSpec("WAN21_T2V", _wan(1536, 8960, 256, 12, 30, 512, 4096), (1, 16, 21, 60, 104),
                                  (512, 4096), 12, OPENSORA, 5.0),
+    # A short clip (17 frames: 5 latent frames) at the same 480p: what a CPU can time at real width.
+    "wan21_1.3b_480p_17f": ModelSpec("WAN21_T2V", _wan(1536, 8960, 256, 12, 30, 512, 4096),
+                                     (1, 16, 5, 60, 104), (512, 4096), 12, OPENSORA, 5.0),
 }
 
 # The same classes at toy sizes (the geometry of tests/comfy_models.py), for --smoke on a CPU.
@@ -106,7 +112,7 @@ SMOKE_MODELS: dict[str, ModelSpec] = {
     "pixart_sigma_smoke": ModelSpec("PixArtSigma", _pixart(32, 64, 2, 2, 32, 8), (1, 4, 32, 48), (8, 32), 2,
                                     PIXART_2K, 4.5),
     "flux_smoke": ModelSpec("Flux", _flux(64, 2, 2, 2, [8, 12, 12], 32, 32), (1, 16, 8, 12), (6, 32), 2,
-                            PIXART_2K, 1.0, {"guidance": 3.5}, pooled=32),
+                            PIXART_2K, 1.0, {"guidance": 3.5}, pooled=32, joint_text=True),
     "wan21_smoke": ModelSpec("WAN21_T2V", _wan(64, 128, 32, 2, 2, 8, 32), (1, 16, 3, 8, 12), (8, 32), 2,
                              OPENSORA, 5.0),
 }
@@ -134,7 +140,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--levels", nargs="*", default=levels, choices=levels,
                         help="paper plan levels to synthesise (a level a model lacks is skipped; none: "
                              "unpatched and all-FULL only)")
-    parser.add_argument("--window", default="band", choices=["band", "nbhd"])
+    parser.add_argument("--window", default="band", choices=KINDS)
     parser.add_argument("--window-fraction", type=float, default=1 / 8)
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                         help="auto: bf16 on CUDA, fp32 on CPU")
@@ -431,6 +437,17 @@ def generation(config: Config, sample: Callable[..., torch.Tensor], inputs: tupl
     return run
 
 
+def attention_layout(spec: ModelSpec, family: Any, grid3: tuple[int, int, int]) -> TokenLayout:
+    """The self-attention call's token layout: the image grid, plus the text where the text joins the
+    sequence (Flux: a windowed call keeps the text's rows and columns full, so pricing the plan on the
+    image alone would promise FLOPs the engine cannot save)."""
+    n_img = math.prod(grid3)
+    if not spec.joint_text:
+        return TokenLayout(n_img, grid=grid3)
+    n_txt = spec.text[0]
+    return family.layout(n_txt + n_img, grid3, n_txt)
+
+
 def build_configs(name: str, spec: ModelSpec, args: argparse.Namespace, base: Any, pack: ModuleType,
                   cfg: float) -> tuple[list[Config], dict[str, Any]]:
     """Unpatched (SDPA and, where it differs, the host's default kernel), all-FULL, one plan per
@@ -443,8 +460,9 @@ def build_configs(name: str, spec: ModelSpec, args: argparse.Namespace, base: An
     _, layers = family.layer_bases(dm)
     grid3 = family.grid(dm, spec.latent)
     n_img = math.prod(grid3)
-    pattern = WindowSpec(args.window, args.window_fraction).resolve(TokenLayout(n_img, grid=grid3))
-    pairs = pattern.pair_count() / n_img**2
+    layout = attention_layout(spec, family, grid3)
+    pattern = WindowSpec(args.window, args.window_fraction).resolve(layout)
+    pairs = pattern.pair_count() / layout.n_tokens**2
     info = plan_module.ModelInfo(family.name, layers, spec.heads, n_img, grid=grid3)
 
     def apply(grid: Sequence[Sequence[Strategy]], flops: float) -> Any:
@@ -474,8 +492,8 @@ def build_configs(name: str, spec: ModelSpec, args: argparse.Namespace, base: An
         deepest = configs[-2] if configs[-2].flops is not None and configs[-2].flops < 1.0 else None
         if deepest is not None:
             configs.append(Config(f"EasyCache + {deepest.label}", easycache(deepest.patcher), deepest.flops))
-    geometry = {"model": name, "tokens": n_img, "steps": args.steps, "cfg": cfg, "layers": layers,
-                "window_pair_fraction": pairs}
+    geometry = {"model": name, "tokens": n_img, "attention_tokens": layout.n_tokens, "steps": args.steps,
+                "cfg": cfg, "layers": layers, "window_pair_fraction": pairs}
     return configs, geometry
 
 

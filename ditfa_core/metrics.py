@@ -41,6 +41,11 @@ def _flat_chunks(
         yield fa[start:end].to(dtype, copy=True), fb[start:end].to(dtype, copy=True)
 
 
+def _ratio(a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+    """A.2's elementwise term clip(|a - b| / (max(|a|, |b|) + eps), 0, 10), in place on copies a, b."""
+    return (a - b).abs_().div_(torch.maximum(a.abs_(), b.abs_()).add_(eps)).clamp_(0.0, 10.0)
+
+
 @torch.no_grad()
 def relative_error(o: torch.Tensor, o_prime: torch.Tensor, eps: float = 1e-6) -> float:
     """Mean relative absolute error, paper A.2: mean_i clip(|O_i - O'_i| / (max(|O_i|, |O'_i|) + eps), 0, 10).
@@ -56,8 +61,7 @@ def relative_error(o: torch.Tensor, o_prime: torch.Tensor, eps: float = 1e-6) ->
         raise ValueError(f"eps must be > 0, got {eps}")
     total = torch.zeros((), dtype=torch.float64, device=o.device)
     for a, b in _flat_chunks(o, o_prime, _compute_dtype(o)):
-        ratio = (a - b).abs_().div_(torch.maximum(a.abs_(), b.abs_()).add_(eps))
-        total += ratio.clamp_(0.0, 10.0).sum(dtype=torch.float64)
+        total += _ratio(a, b, eps).sum(dtype=torch.float64)
     return float(total) / o.numel()
 
 
@@ -76,8 +80,7 @@ def relative_error_per_head(o: torch.Tensor, o_prime: torch.Tensor, eps: float =
     step = max(1, _CHUNK // o[:, 0].numel())   # heads per pass: bounded temporaries, one sync at the end
     for h in range(0, heads, step):
         a, b = o[:, h:h + step].to(dtype, copy=True), o_prime[:, h:h + step].to(dtype, copy=True)
-        ratio = (a - b).abs_().div_(torch.maximum(a.abs_(), b.abs_()).add_(eps)).clamp_(0.0, 10.0)
-        per[h:h + step] = ratio.sum(dim=(0, 2, 3), dtype=torch.float64)
+        per[h:h + step] = _ratio(a, b, eps).sum(dim=(0, 2, 3), dtype=torch.float64)
     return (per / o.numel()).cpu()
 
 

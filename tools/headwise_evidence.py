@@ -34,7 +34,6 @@ import importlib
 import logging
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -52,7 +51,7 @@ from ditfa_core.metrics import rel_l1
 from ditfa_core.schedule import Cell, Schedule
 from ditfa_core.strategies import Strategy
 from ditfa_core.windows import TokenLayout, WindowSpec
-from tools.benchmarks.common import cpu_name, markdown_table, write_json
+from tools.benchmarks.common import environment, markdown_table, write_json
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +94,7 @@ def load() -> str:
 
 
 def machine() -> dict[str, Any]:
-    return {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version(), "load": load()}
+    return {**environment(torch.device("cpu")), "load": load()}
 
 
 def spread(values: Sequence[float]) -> dict[str, float]:
